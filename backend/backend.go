@@ -1,0 +1,204 @@
+// Package backend is the backend side of libp2p-balancer: a private node that
+// shares a balancer's public peer ID. Given the backend's own go-libp2p host
+// and the balancers' addresses, a Backend registers the protocols it has
+// handlers for, keeps those routes alive, delivers forwarded streams to
+// ordinary network.StreamHandlers, and opens outbound streams through a
+// balancer so that remote peers see only the balancer's peer ID. Host adapts
+// it to host.Host, so that unmodified go-libp2p services run behind the
+// balancer.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// Backend connects one backend host to one or more balancers. Create it with
+// New, add handlers with SetStreamHandler, and stop it with Close.
+type Backend struct {
+	h   host.Host
+	cfg config
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sub    event.Subscription
+
+	closeOnce sync.Once
+
+	sessions []*session // one per balancer, fixed at New
+	byPeer   map[peer.ID]*session
+
+	mu       sync.Mutex
+	handlers map[protocol.ID]network.StreamHandler
+}
+
+// New connects h to the balancers (each a peer ID with addresses to dial)
+// and starts keeping registrations with them. Routes are registered as
+// handlers are added with SetStreamHandler. The caller keeps ownership of h
+// and closes it after the Backend.
+func New(h host.Host, balancers []peer.AddrInfo, opts ...Option) (*Backend, error) {
+	if len(balancers) == 0 {
+		return nil, errors.New("backend: no balancer given")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Backend{
+		h:        h,
+		cfg:      cfg,
+		log:      cfg.log.With("component", "backend"),
+		ctx:      ctx,
+		cancel:   cancel,
+		sub:      sub,
+		byPeer:   map[peer.ID]*session{},
+		handlers: map[protocol.ID]network.StreamHandler{},
+	}
+	for _, ai := range balancers {
+		if err := ai.ID.Validate(); err != nil {
+			cancel()
+			sub.Close()
+			return nil, fmt.Errorf("backend: balancer peer ID: %w", err)
+		}
+		if b.byPeer[ai.ID] != nil {
+			continue
+		}
+		s := newSession(b, ai)
+		b.sessions = append(b.sessions, s)
+		b.byPeer[ai.ID] = s
+		h.ConnManager().Protect(ai.ID, "libp2p-balancer")
+	}
+	h.SetStreamHandler(wire.ForwardID, b.handleForward)
+	b.wg.Add(1)
+	go b.watchConnectedness()
+	for _, s := range b.sessions {
+		b.wg.Add(1)
+		go s.run()
+	}
+	return b, nil
+}
+
+// ID returns the peer ID that remote peers see: the first balancer's. All
+// balancers of one deployment share it.
+func (b *Backend) ID() peer.ID { return b.sessions[0].ai.ID }
+
+// SetStreamHandler serves protocol pid: the protocol is registered with every
+// balancer, and each stream a balancer forwards on it is passed to handler,
+// looking like a stream the remote peer opened to this host (see the
+// package's stream and conn types). Replacing a handler keeps the route.
+func (b *Backend) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
+	b.mu.Lock()
+	_, had := b.handlers[pid]
+	b.handlers[pid] = handler
+	b.mu.Unlock()
+	if !had {
+		b.kickAll()
+	}
+}
+
+// RemoveStreamHandler stops serving pid and releases its route with every
+// balancer at once. Streams already delivered go on.
+func (b *Backend) RemoveStreamHandler(pid protocol.ID) {
+	b.mu.Lock()
+	_, had := b.handlers[pid]
+	delete(b.handlers, pid)
+	b.mu.Unlock()
+	if had {
+		for _, s := range b.sessions {
+			s.release(pid)
+		}
+	}
+}
+
+// Protocols returns the protocols this backend has handlers for.
+func (b *Backend) Protocols() []protocol.ID {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]protocol.ID, 0, len(b.handlers))
+	for p := range b.handlers {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (b *Backend) handler(pid protocol.ID) network.StreamHandler {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.handlers[pid]
+}
+
+func (b *Backend) kickAll() {
+	for _, s := range b.sessions {
+		s.kick()
+	}
+}
+
+// Close releases every route with every balancer it can reach within the
+// handshake timeout, then stops. Streams already delivered or opened go on;
+// the caller closes them or the host. A second Close returns net.ErrClosed.
+func (b *Backend) Close() error {
+	err := net.ErrClosed
+	b.closeOnce.Do(func() {
+		b.h.RemoveStreamHandler(wire.ForwardID)
+		var wg sync.WaitGroup
+		for _, s := range b.sessions {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.releaseAll()
+			}()
+		}
+		wg.Wait()
+		b.cancel()
+		b.sub.Close()
+		b.wg.Wait()
+		for _, s := range b.sessions {
+			s.closeLanes()
+			b.h.ConnManager().Unprotect(s.ai.ID, "libp2p-balancer")
+		}
+		err = nil
+	})
+	return err
+}
+
+// watchConnectedness re-registers with a balancer as soon as the host is
+// connected to it again, and starts reconnecting when it is lost: after a
+// balancer restart the routes it held are gone.
+func (b *Backend) watchConnectedness() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case ev, ok := <-b.sub.Out():
+			if !ok {
+				return
+			}
+			e := ev.(event.EvtPeerConnectednessChanged)
+			if s := b.byPeer[e.Peer]; s != nil {
+				s.connectedness(e.Connectedness == network.Connected)
+			}
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package backend
+
+import (
+	"errors"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// handleForward accepts a stream a balancer forwards from a remote peer and
+// hands it to the handler registered for its protocol.
+func (b *Backend) handleForward(s network.Stream) {
+	lb := s.Conn().RemotePeer()
+	sess := b.byPeer[lb]
+	if sess == nil {
+		// Only a configured balancer may speak for a remote peer; anyone
+		// else could claim any peer ID in the Forward message.
+		b.log.Info("forward stream from a peer that is not a balancer reset", "peer", lb)
+		s.Reset()
+		return
+	}
+	if err := s.Scope().SetService(wire.ServiceName); err != nil {
+		s.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
+	_ = s.SetDeadline(time.Now().Add(b.cfg.handshakeTimeout))
+	var req pb.Forward
+	if err := wire.NewReader(s).ReadMsg(&req); err != nil {
+		if errors.Is(err, wire.ErrMalformed) {
+			wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
+		} else {
+			b.log.Debug("reading forward request failed", "balancer", lb, "err", err)
+			s.Reset()
+		}
+		return
+	}
+	remote, raddr, serr := parseInbound(&req)
+	var handler network.StreamHandler
+	if serr == nil {
+		if handler = b.handler(protocol.ID(req.Protocols[0])); handler == nil {
+			serr = wire.Errorf(pb.Status_REJECTED, "no handler for %s", req.Protocols[0])
+		}
+	}
+	if serr != nil {
+		b.log.Info("forwarded stream refused", "balancer", lb, "status", serr.Status, "reason", serr.Text)
+		wire.WriteFinal(s, &pb.ForwardResponse{Status: serr.Status, Text: serr.Text})
+		return
+	}
+	proto := protocol.ID(req.Protocols[0])
+	if err := wire.WriteMsg(s, &pb.ForwardResponse{Status: pb.Status_OK, Protocol: string(proto)}); err != nil {
+		s.Reset()
+		return
+	}
+	_ = s.SetDeadline(time.Time{})
+	sess.lanes.check()
+	handler(&stream{
+		Stream: s,
+		proto:  proto,
+		conn:   &conn{Conn: s.Conn(), local: lb, remote: remote, raddr: raddr, own: s},
+	})
+}
+
+// parseInbound validates an inbound Forward message.
+func parseInbound(req *pb.Forward) (peer.ID, ma.Multiaddr, *wire.StatusError) {
+	if len(req.GetProtocols()) != 1 {
+		return "", nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "an inbound forward names exactly one protocol, not %d", len(req.GetProtocols()))
+	}
+	if err := wire.ValidateProtocol(req.Protocols[0]); err != nil {
+		return "", nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "%v", err)
+	}
+	remote, err := peer.IDFromBytes(req.GetPeer())
+	if err != nil {
+		return "", nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "bad remote peer ID: %v", err)
+	}
+	var raddr ma.Multiaddr
+	if len(req.GetAddrs()) > 0 {
+		if raddr, err = ma.NewMultiaddrBytes(req.Addrs[0]); err != nil {
+			return "", nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "bad remote address: %v", err)
+		}
+	}
+	return remote, raddr, nil
+}

@@ -1,0 +1,88 @@
+package backend
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Option configures a Backend.
+type Option func(*config) error
+
+type config struct {
+	ttl              time.Duration
+	handshakeTimeout time.Duration
+	backoffMin       time.Duration
+	backoffMax       time.Duration
+	lanes            bool
+	log              *slog.Logger
+}
+
+func defaultConfig() config {
+	return config{
+		ttl:              0, // the balancer's default
+		handshakeTimeout: 5 * time.Second,
+		backoffMin:       100 * time.Millisecond,
+		backoffMax:       30 * time.Second,
+		lanes:            true,
+		log:              slog.Default(),
+	}
+}
+
+// WithTTL asks the balancers for this route lifetime, in whole seconds;
+// default 0 asks for each balancer's default. The balancer may grant less;
+// the backend extends at half of what was granted.
+func WithTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 || (d > 0 && d < time.Second) {
+			return fmt.Errorf("backend: TTL %v: must be 0 or at least 1s", d)
+		}
+		c.ttl = d
+		return nil
+	}
+}
+
+// WithHandshakeTimeout bounds each exchange with a balancer: a registration
+// request and its response, an inbound forward handshake, and the wait for
+// an outbound stream's answer when the caller's context has no deadline.
+// Default 5 s.
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("backend: handshake timeout must be positive")
+		}
+		c.handshakeTimeout = d
+		return nil
+	}
+}
+
+// WithBackoff sets the bounds of the exponential back-off between failed
+// attempts to reach or register with a balancer. Default 100 ms to 30 s.
+func WithBackoff(min, max time.Duration) Option {
+	return func(c *config) error {
+		if min <= 0 || max < min {
+			return fmt.Errorf("backend: back-off bounds %v..%v are not increasing", min, max)
+		}
+		c.backoffMin, c.backoffMax = min, max
+		return nil
+	}
+}
+
+// WithLanes turns extra QUIC connections to a balancer on (the default) or
+// off. Over QUIC, go-libp2p allows 256 concurrent streams per connection and
+// direction; lanes are what lets a backend carry more forwarded streams than
+// that. See docs/spec.md, "Stream capacity".
+func WithLanes(on bool) Option {
+	return func(c *config) error {
+		c.lanes = on
+		return nil
+	}
+}
+
+// WithLogger sets the structured logger; default slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) error {
+		c.log = l
+		return nil
+	}
+}

@@ -1,0 +1,254 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/link"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// session keeps this backend's routes alive with one balancer: it connects,
+// registers every protocol the backend has a handler for, extends at half
+// the granted TTL, sends releases, and starts over with back-off when
+// anything fails. One goroutine (run) owns all of that; other goroutines
+// only kick it.
+type session struct {
+	b     *Backend
+	ai    peer.AddrInfo
+	kickC chan struct{}
+	lanes *lanes
+	// opener spreads outbound forward streams over the connections and
+	// lanes to this balancer.
+	opener link.Opener
+
+	mu        sync.Mutex
+	connected bool
+	releases  map[protocol.ID]bool // released handlers not yet confirmed
+	status    Status
+}
+
+// Status is what a backend knows of its registration with one balancer.
+type Status struct {
+	Balancer   peer.ID
+	Connected  bool
+	Protocols  []protocol.ID // routed to this backend, as the balancer last said
+	Expires    time.Time     // when those routes lapse unless extended
+	LastError  error         // the last failure, nil after a success
+	Registered time.Time     // the last successful exchange
+}
+
+func newSession(b *Backend, ai peer.AddrInfo) *session {
+	s := &session{
+		b:        b,
+		ai:       ai,
+		kickC:    make(chan struct{}, 1),
+		releases: map[protocol.ID]bool{},
+		status:   Status{Balancer: ai.ID},
+	}
+	s.lanes = &lanes{s: s}
+	return s
+}
+
+// kick makes run attempt an exchange now.
+func (s *session) kick() {
+	select {
+	case s.kickC <- struct{}{}:
+	default:
+	}
+}
+
+func (s *session) release(pid protocol.ID) {
+	s.mu.Lock()
+	s.releases[pid] = true
+	s.mu.Unlock()
+	s.kick()
+}
+
+func (s *session) connectedness(connected bool) {
+	s.mu.Lock()
+	changed := s.connected != connected
+	s.connected = connected
+	s.status.Connected = connected
+	s.mu.Unlock()
+	if changed {
+		s.kick()
+	}
+}
+
+func (s *session) run() {
+	defer s.b.wg.Done()
+	backoff := s.b.cfg.backoffMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-s.b.ctx.Done():
+			return
+		case <-s.kickC:
+		case <-timer.C:
+		}
+		next, err := s.step()
+		if err != nil {
+			s.b.log.Warn("registration failed", "balancer", s.ai.ID, "err", err, "retry_in", backoff)
+			s.setStatus(func(st *Status) { st.LastError = err })
+			next = backoff + rand.N(backoff/5+1)
+			backoff = min(2*backoff, s.b.cfg.backoffMax)
+		} else {
+			backoff = s.b.cfg.backoffMin
+		}
+		timer.Reset(next)
+	}
+}
+
+// step connects if needed and sends one request carrying every protocol the
+// backend serves (which adds or extends them) and every pending release. It
+// returns when to run again.
+func (s *session) step() (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(s.b.ctx, s.b.cfg.handshakeTimeout)
+	defer cancel()
+	if s.b.h.Network().Connectedness(s.ai.ID) != network.Connected {
+		if err := s.b.h.Connect(ctx, s.ai); err != nil {
+			return 0, fmt.Errorf("connecting: %w", err)
+		}
+	}
+	protos := s.b.Protocols()
+	serving := map[protocol.ID]bool{}
+	for _, p := range protos {
+		serving[p] = true
+	}
+	s.mu.Lock()
+	releases := make([]string, 0, len(s.releases))
+	for p := range s.releases {
+		if serving[p] {
+			// Released and then served again: the route stays.
+			delete(s.releases, p)
+			continue
+		}
+		releases = append(releases, string(p))
+	}
+	s.mu.Unlock()
+	if len(protos) == 0 && len(releases) == 0 {
+		s.setStatus(func(st *Status) { st.Protocols, st.Expires, st.LastError = nil, time.Time{}, nil })
+		return time.Hour, nil // nothing to keep alive until a handler is added
+	}
+	req := &pb.RoutingRequest{TtlSeconds: uint32(s.b.cfg.ttl / time.Second), Release: releases}
+	for _, p := range protos {
+		req.Protocols = append(req.Protocols, string(p))
+	}
+	sort.Strings(req.Protocols)
+	resp, err := s.exchange(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	for _, p := range releases {
+		// A handler set again meanwhile is registered by the next step.
+		delete(s.releases, protocol.ID(p))
+	}
+	s.mu.Unlock()
+	ttl := time.Duration(resp.GetTtlSeconds()) * time.Second
+	now := time.Now()
+	granted := make([]protocol.ID, 0, len(resp.GetProtocols()))
+	for _, p := range resp.GetProtocols() {
+		granted = append(granted, protocol.ID(p))
+	}
+	s.setStatus(func(st *Status) {
+		st.Protocols, st.Expires, st.LastError, st.Registered = granted, now.Add(ttl), nil, now
+	})
+	if len(protos) == 0 {
+		return time.Hour, nil
+	}
+	s.b.log.Debug("registered", "balancer", s.ai.ID, "protocols", len(granted), "ttl", ttl)
+	// Extend at half the TTL: a lost exchange still leaves half a TTL for
+	// the retries with back-off.
+	return max(ttl/2, 250*time.Millisecond), nil
+}
+
+// exchange sends one request on a new routing-request stream and reads its
+// response; a refusal comes back as a *wire.StatusError.
+func (s *session) exchange(ctx context.Context, req *pb.RoutingRequest) (*pb.RoutingResponse, error) {
+	str, err := s.b.h.NewStream(ctx, s.ai.ID, wire.RoutingRequestID)
+	if err != nil {
+		return nil, fmt.Errorf("opening routing-request stream: %w", err)
+	}
+	defer str.Close()
+	if err := str.Scope().SetService(wire.ServiceName); err != nil {
+		str.Reset()
+		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = str.SetDeadline(deadline)
+	if err := wire.WriteMsg(str, req); err != nil {
+		str.Reset()
+		return nil, fmt.Errorf("sending routing request: %w", err)
+	}
+	var resp pb.RoutingResponse
+	if err := wire.NewReader(str).ReadMsg(&resp); err != nil {
+		str.Reset()
+		return nil, fmt.Errorf("reading routing response: %w", err)
+	}
+	if resp.GetStatus() != pb.Status_OK {
+		return nil, &wire.StatusError{Status: resp.GetStatus(), Text: resp.GetText()}
+	}
+	return &resp, nil
+}
+
+// releaseAll releases every route with the balancer, if it is connected,
+// within the handshake timeout. Close calls it before stopping run.
+func (s *session) releaseAll() {
+	if s.b.h.Network().Connectedness(s.ai.ID) != network.Connected {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.b.cfg.handshakeTimeout)
+	defer cancel()
+	s.mu.Lock()
+	granted := s.status.Protocols
+	s.mu.Unlock()
+	req := &pb.RoutingRequest{}
+	for _, p := range granted {
+		req.Release = append(req.Release, string(p))
+	}
+	for _, p := range s.b.Protocols() {
+		req.Release = append(req.Release, string(p))
+	}
+	if len(req.Release) == 0 {
+		return
+	}
+	if _, err := s.exchange(ctx, req); err != nil {
+		s.b.log.Warn("releasing routes failed", "balancer", s.ai.ID, "err", err)
+	}
+}
+
+func (s *session) setStatus(f func(*Status)) {
+	s.mu.Lock()
+	f(&s.status)
+	s.mu.Unlock()
+}
+
+func (s *session) snapshot() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.status
+	st.Protocols = append([]protocol.ID(nil), st.Protocols...)
+	return st
+}
+
+// Status returns this backend's registration with each balancer, in the
+// order the balancers were given to New.
+func (b *Backend) Status() []Status {
+	out := make([]Status, 0, len(b.sessions))
+	for _, s := range b.sessions {
+		out = append(out, s.snapshot())
+	}
+	return out
+}

@@ -1,0 +1,165 @@
+// Package balancer is the server side of libp2p-balancer: given a go-libp2p
+// host, it lets allowed backends register protocols, routes each inbound
+// stream on a registered protocol to one of the backends that registered it,
+// and carries backends' outbound streams to the rest of the network under the
+// host's peer ID. docs/spec.md describes the protocol; docs/architecture.md
+// the lifecycles.
+package balancer
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/link"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// Balancer serves the balancer protocol on a host. Create it with New and
+// stop it with Close or Shutdown.
+type Balancer struct {
+	h   host.Host
+	cfg config
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sub    event.Subscription
+
+	closeOnce sync.Once
+	closeErr  error
+
+	// active counts forwarded streams in flight; Shutdown waits for it.
+	active activeSet
+	// opener spreads forward streams over a backend's connections.
+	opener link.Opener
+
+	mu        sync.Mutex
+	closed    bool
+	backends  map[peer.ID]*backendState
+	pools     map[protocol.ID]*pool
+	installed map[protocol.ID]bool
+}
+
+// New starts serving the balancer protocol on h. The caller keeps ownership
+// of h and closes it after the Balancer.
+func New(h host.Host, opts ...Option) (*Balancer, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Balancer{
+		h:         h,
+		cfg:       cfg,
+		log:       cfg.log.With("component", "balancer"),
+		ctx:       ctx,
+		cancel:    cancel,
+		sub:       sub,
+		backends:  map[peer.ID]*backendState{},
+		pools:     map[protocol.ID]*pool{},
+		installed: map[protocol.ID]bool{},
+	}
+	b.active.init()
+	for p := range cfg.acl {
+		h.ConnManager().Protect(p, "libp2p-balancer")
+	}
+	h.SetStreamHandler(wire.RoutingRequestID, b.handleRoutingRequest)
+	h.SetStreamHandler(wire.ForwardID, b.handleOutbound)
+	b.wg.Add(1)
+	go b.watchConnectedness()
+	return b, nil
+}
+
+// ID returns the shared peer ID that remote peers see.
+func (b *Balancer) ID() peer.ID { return b.h.ID() }
+
+// Close stops accepting registrations and new streams at once, resets every
+// stream in flight, and releases what the Balancer holds on the host. A
+// second Close returns net.ErrClosed.
+func (b *Balancer) Close() error {
+	err := net.ErrClosed
+	b.closeOnce.Do(func() {
+		b.stopAccepting()
+		b.active.resetAll()
+		b.cancel()
+		b.wg.Wait()
+		err = nil
+	})
+	return err
+}
+
+// Shutdown stops accepting registrations and new streams, waits until the
+// streams in flight have ended or ctx is done, then closes the Balancer as
+// Close does. It returns ctx's error when streams had to be cut.
+func (b *Balancer) Shutdown(ctx context.Context) error {
+	b.stopAccepting()
+	err := b.active.wait(ctx)
+	if cerr := b.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		return cerr
+	}
+	return err
+}
+
+// ActiveStreams returns the number of forwarded streams in flight, both
+// directions.
+func (b *Balancer) ActiveStreams() int { return b.active.len() }
+
+func (b *Balancer) stopAccepting() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.closed = true
+	b.h.RemoveStreamHandler(wire.RoutingRequestID)
+	b.h.RemoveStreamHandler(wire.ForwardID)
+	for proto := range b.installed {
+		b.h.RemoveStreamHandler(proto)
+	}
+	b.installed = map[protocol.ID]bool{}
+	for _, be := range b.backends {
+		for _, r := range be.routes {
+			r.timer.Stop()
+		}
+	}
+	for p := range b.cfg.acl {
+		b.h.ConnManager().Unprotect(p, "libp2p-balancer")
+	}
+	b.sub.Close()
+}
+
+// watchConnectedness suspends a backend's routes when the host loses its
+// last connection to it and resumes them when it is back. Connectedness, not
+// one connection's close event, is what counts: a backend may hold several
+// connections (lanes) and lose one of them.
+func (b *Balancer) watchConnectedness() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case ev, ok := <-b.sub.Out():
+			if !ok {
+				return
+			}
+			e := ev.(event.EvtPeerConnectednessChanged)
+			b.setConnected(e.Peer, e.Connectedness == network.Connected)
+		}
+	}
+}

@@ -1,0 +1,91 @@
+package balancer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/pipe"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// handleInbound routes a stream a remote peer opened on a routed protocol.
+// Nothing is read from the remote peer until a backend has accepted, so a
+// backend that refuses, fails or times out costs only time: the stream goes
+// to the next backend of the pool with no byte lost, and each backend is
+// offered the stream at most once.
+func (b *Balancer) handleInbound(s network.Stream) {
+	if err := s.Scope().SetService(wire.ServiceName); err != nil {
+		s.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
+	proto := s.Protocol()
+	remote := s.Conn().RemotePeer()
+	fwd := &pb.Forward{
+		Peer:      []byte(remote),
+		Protocols: []string{string(proto)},
+		Addrs:     [][]byte{s.Conn().RemoteMultiaddr().Bytes()},
+	}
+	tried := 0
+	for _, be := range b.candidates(proto) {
+		tried++
+		bs, err := b.offer(be, fwd)
+		if err != nil {
+			b.log.Debug("backend did not take stream", "backend", be.id, "protocol", proto, "peer", remote, "err", err)
+			continue
+		}
+		b.carry(be, s, bs)
+		return
+	}
+	b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend accepted", "tried", tried)
+	s.Reset()
+}
+
+// offer opens a forward stream to backend be and runs the inbound handshake
+// on it, bounded by the handshake timeout. It returns the stream once the
+// backend has answered OK.
+func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.handshakeTimeout)
+	defer cancel()
+	bs, err := b.opener.Open(ctx, func() []network.Conn { return b.h.Network().ConnsToPeer(be.id) }, wire.ForwardID)
+	if err != nil {
+		return nil, err
+	}
+	if err := bs.Scope().SetService(wire.ServiceName); err != nil {
+		bs.ResetWithError(network.StreamResourceLimitExceeded)
+		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = bs.SetDeadline(deadline)
+	if err := wire.WriteMsg(bs, fwd); err != nil {
+		bs.Reset()
+		return nil, err
+	}
+	var resp pb.ForwardResponse
+	if err := wire.NewReader(bs).ReadMsg(&resp); err != nil {
+		bs.Reset()
+		return nil, fmt.Errorf("reading the backend's answer: %w", err)
+	}
+	if resp.GetStatus() != pb.Status_OK {
+		bs.Close()
+		return nil, &wire.StatusError{Status: resp.GetStatus(), Text: resp.GetText()}
+	}
+	_ = bs.SetDeadline(time.Time{})
+	return bs, nil
+}
+
+// carry forwards bytes between a and bs until both are done, counting the
+// stream against backend be while it lasts.
+func (b *Balancer) carry(be *backendState, a, bs network.Stream) {
+	p := &pair{a: a, b: bs}
+	b.active.add(p)
+	be.active.Add(1)
+	defer func() {
+		be.active.Add(-1)
+		b.active.remove(p)
+	}()
+	pipe.Join(a, bs, &pipe.Config{IdleTimeout: b.cfg.idleTimeout})
+}

@@ -1,0 +1,126 @@
+package balancer
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Option configures a Balancer.
+type Option func(*config) error
+
+type config struct {
+	acl              acl
+	ttlDefault       time.Duration
+	ttlMax           time.Duration
+	handshakeTimeout time.Duration
+	dialTimeout      time.Duration
+	idleTimeout      time.Duration
+	limits           Limits
+	log              *slog.Logger
+}
+
+// Limits bound the work one backend or the whole balancer can cause. A zero
+// field means no limit.
+type Limits struct {
+	// ProtocolsPerRequest caps the protocols (added plus released) in one
+	// RoutingRequest. Default 1024.
+	ProtocolsPerRequest int
+	// RoutesPerBackend caps the protocols routed to one backend. Default 4096.
+	RoutesPerBackend int
+}
+
+// DefaultLimits returns the limits a Balancer has unless WithLimits says
+// otherwise.
+func DefaultLimits() Limits {
+	return Limits{ProtocolsPerRequest: 1024, RoutesPerBackend: 4096}
+}
+
+func defaultConfig() config {
+	return config{
+		acl:              acl{},
+		ttlDefault:       time.Minute,
+		ttlMax:           10 * time.Minute,
+		handshakeTimeout: 5 * time.Second,
+		dialTimeout:      15 * time.Second,
+		limits:           DefaultLimits(),
+		log:              slog.Default(),
+	}
+}
+
+// WithAllow lets backend register routes and open outbound streams. With no
+// patterns it may use any protocol; otherwise only protocols that equal a
+// pattern or, for a pattern ending in "*", start with what precedes the "*".
+// A balancer with no WithAllow lets nobody register.
+func WithAllow(backend peer.ID, patterns ...string) Option {
+	return func(c *config) error {
+		return c.acl.allow(backend, patterns)
+	}
+}
+
+// WithTTL sets the TTL granted when a request asks for 0 (default one
+// minute) and the largest TTL granted (default ten minutes).
+func WithTTL(def, max time.Duration) Option {
+	return func(c *config) error {
+		if def < time.Second || max < def {
+			return fmt.Errorf("balancer: TTL default %v must be at least 1s and at most the maximum %v", def, max)
+		}
+		if max > time.Duration(1<<32-1)*time.Second {
+			return fmt.Errorf("balancer: TTL maximum %v does not fit the wire's uint32 seconds", max)
+		}
+		c.ttlDefault, c.ttlMax = def, max
+		return nil
+	}
+}
+
+// WithHandshakeTimeout bounds each forward handshake: reading a request from
+// a backend, and a backend's answer to an inbound stream, after which the
+// stream goes to the next backend of the pool. Default 5 s.
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("balancer: handshake timeout must be positive")
+		}
+		c.handshakeTimeout = d
+		return nil
+	}
+}
+
+// WithDialTimeout bounds connecting to the target of an outbound stream and
+// negotiating its protocol. Default 15 s.
+func WithDialTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("balancer: dial timeout must be positive")
+		}
+		c.dialTimeout = d
+		return nil
+	}
+}
+
+// WithIdleTimeout resets a forwarded stream on which no byte moved either way
+// for d. Default 0: no idle timeout, as for a direct libp2p stream.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		c.idleTimeout = d
+		return nil
+	}
+}
+
+// WithLimits replaces the default Limits.
+func WithLimits(l Limits) Option {
+	return func(c *config) error {
+		c.limits = l
+		return nil
+	}
+}
+
+// WithLogger sets the structured logger; default slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) error {
+		c.log = l
+		return nil
+	}
+}

@@ -1,0 +1,153 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	msmux "github.com/multiformats/go-multistream"
+
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// handleOutbound serves a forward stream a backend opened to reach a peer
+// of the network through the balancer.
+func (b *Balancer) handleOutbound(s network.Stream) {
+	if err := s.Scope().SetService(wire.ServiceName); err != nil {
+		s.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
+	from := s.Conn().RemotePeer()
+	if !b.cfg.acl.isBackend(from) {
+		// Answer without reading: the balancer is no open proxy, and a
+		// stranger costs one small write.
+		b.log.Info("outbound stream refused", "peer", from, "status", pb.Status_PERMISSION_DENIED)
+		wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
+		return
+	}
+	_ = s.SetDeadline(time.Now().Add(b.cfg.handshakeTimeout))
+	var req pb.Forward
+	if err := wire.NewReader(s).ReadMsg(&req); err != nil {
+		if errors.Is(err, wire.ErrMalformed) {
+			b.log.Info("malformed forward request", "backend", from, "err", err)
+			wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
+		} else {
+			s.Reset()
+		}
+		return
+	}
+	target, protos, addrs, serr := b.checkOutbound(from, &req)
+	if serr == nil {
+		_ = s.SetDeadline(time.Now().Add(b.cfg.dialTimeout))
+		var ts network.Stream
+		ts, serr = b.openTarget(target, addrs, protos)
+		if serr == nil {
+			ok := &pb.ForwardResponse{Status: pb.Status_OK, Protocol: string(ts.Protocol())}
+			if err := wire.WriteMsg(s, ok); err != nil {
+				s.Reset()
+				ts.Reset()
+				return
+			}
+			_ = s.SetDeadline(time.Time{})
+			be := b.backend(from)
+			b.carry(be, s, ts)
+			return
+		}
+	}
+	b.log.Info("outbound stream refused", "backend", from, "target", target, "status", serr.Status, "reason", serr.Text)
+	wire.WriteFinal(s, &pb.ForwardResponse{Status: serr.Status, Text: serr.Text})
+}
+
+// checkOutbound validates an outbound request from backend `from`.
+func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []protocol.ID, []ma.Multiaddr, *wire.StatusError) {
+	target, err := peer.IDFromBytes(req.GetPeer())
+	if err != nil {
+		return "", nil, nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "bad target peer ID: %v", err)
+	}
+	if len(req.GetProtocols()) == 0 {
+		return target, nil, nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "no protocol requested")
+	}
+	if limit := b.cfg.limits.ProtocolsPerRequest; limit > 0 && len(req.GetProtocols()) > limit {
+		return target, nil, nil, wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d protocols exceed the limit of %d", len(req.GetProtocols()), limit)
+	}
+	protos := make([]protocol.ID, 0, len(req.GetProtocols()))
+	for _, p := range req.GetProtocols() {
+		if err := wire.ValidateProtocol(p); err != nil {
+			return target, nil, nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "%v", err)
+		}
+		if !b.cfg.acl.permits(from, p) {
+			return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "protocol %q is not allowed to this backend", p)
+		}
+		protos = append(protos, protocol.ID(p))
+	}
+	addrs := make([]ma.Multiaddr, 0, len(req.GetAddrs()))
+	for _, raw := range req.GetAddrs() {
+		a, err := ma.NewMultiaddrBytes(raw)
+		if err != nil {
+			return target, nil, nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "bad target address: %v", err)
+		}
+		addrs = append(addrs, a)
+	}
+	if target == b.h.ID() {
+		return target, nil, nil, wire.Errorf(pb.Status_DIAL_FAILED, "the target is the balancer itself")
+	}
+	return target, protos, addrs, nil
+}
+
+// openTarget connects to target and negotiates the first of protos it
+// accepts. Negotiation is eager (one round trip per refused protocol) so that
+// the protocol reported to the backend is the one the target confirmed, not
+// a guess from a possibly stale peerstore.
+func (b *Balancer) openTarget(target peer.ID, addrs []ma.Multiaddr, protos []protocol.ID) (network.Stream, *wire.StatusError) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.dialTimeout)
+	defer cancel()
+	if len(addrs) > 0 {
+		b.h.Peerstore().AddAddrs(target, addrs, peerstore.TempAddrTTL)
+	}
+	if err := b.h.Connect(ctx, peer.AddrInfo{ID: target}); err != nil {
+		return nil, wire.Errorf(pb.Status_DIAL_FAILED, "connecting to %s: %v", target, err)
+	}
+	ts, err := b.h.Network().NewStream(network.WithNoDial(ctx, "connected"), target)
+	if err != nil {
+		return nil, wire.Errorf(pb.Status_DIAL_FAILED, "opening a stream to %s: %v", target, err)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = ts.SetDeadline(deadline)
+	selected, err := msmux.SelectOneOf(protos, ts)
+	if err != nil {
+		ts.Reset()
+		if errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}) {
+			return nil, wire.Errorf(pb.Status_PROTOCOL_NOT_SUPPORTED, "%s accepts none of %v", target, protos)
+		}
+		return nil, wire.Errorf(pb.Status_DIAL_FAILED, "negotiating with %s: %v", target, err)
+	}
+	if err := ts.SetProtocol(selected); err != nil {
+		ts.Reset()
+		return nil, wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "resource manager: %v", err)
+	}
+	if err := ts.Scope().SetService(wire.ServiceName); err != nil {
+		ts.Reset()
+		return nil, wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "resource manager: %v", err)
+	}
+	_ = ts.SetDeadline(time.Time{})
+	return ts, nil
+}
+
+// backend returns the state of backend p, creating it for a backend that
+// opens outbound streams without having registered any route.
+func (b *Balancer) backend(p peer.ID) *backendState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	be := b.backends[p]
+	if be == nil {
+		be = &backendState{id: p, connected: true, routes: map[protocol.ID]*route{}}
+		b.backends[p] = be
+	}
+	return be
+}

@@ -1,0 +1,132 @@
+package balancer_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+const pooled protocol.ID = "/test/pooled/1.0.0"
+
+// countingEcho echoes and counts the streams it served.
+func countingEcho(n *atomic.Int64) network.StreamHandler {
+	return func(s network.Stream) {
+		n.Add(1)
+		echo(s)
+	}
+}
+
+// openAndEcho opens proto from d to the balancer and round-trips payload.
+func openAndEcho(t *testing.T, d host.Host, lb peer.ID, proto protocol.ID, payload []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := d.NewStream(ctx, lb, proto)
+	if err != nil {
+		t.Fatalf("open %s: %v", proto, err)
+	}
+	roundTrip(t, s, payload)
+}
+
+// TestPoolSharesStreams: two backends registering one protocol share its
+// streams.
+func TestPoolSharesStreams(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a, b := newIdentity(t), newIdentity(t)
+		f := newFixture(t, tr, []identity{a, b})
+		var na, nb atomic.Int64
+		ba, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&na)})
+		bb, _ := f.newBackend(b, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&nb)})
+		waitRegistered(t, ba, pooled)
+		waitRegistered(t, bb, pooled)
+		d := f.newPeer()
+		waitServed(t, d, f.host.ID(), true, pooled)
+		const n = 40
+		for i := 0; i < n; i++ {
+			openAndEcho(t, d, f.host.ID(), pooled, []byte(fmt.Sprint(i)))
+		}
+		if na.Load()+nb.Load() != n || na.Load() < n/4 || nb.Load() < n/4 {
+			t.Fatalf("streams per backend: %d and %d, want about %d each", na.Load(), nb.Load(), n/2)
+		}
+	})
+}
+
+// scriptedBackend registers proto with the balancer by hand and answers
+// every forward stream with answer (nil: never answers).
+func scriptedBackend(t *testing.T, f *fixture, who identity, proto protocol.ID, answer *pb.ForwardResponse) *atomic.Int64 {
+	t.Helper()
+	h := testnet.NewHost(t, f.tr, testnet.Options{Key: who.key, LinkPeers: []peer.ID{f.host.ID()}, NoListen: true})
+	var offered atomic.Int64
+	var held sync.Mutex
+	var streams []network.Stream
+	h.SetStreamHandler(wire.ForwardID, func(s network.Stream) {
+		offered.Add(1)
+		var req pb.Forward
+		if err := wire.NewReader(s).ReadMsg(&req); err != nil {
+			s.Reset()
+			return
+		}
+		if answer == nil {
+			held.Lock()
+			streams = append(streams, s) // hang: never answer
+			held.Unlock()
+			return
+		}
+		wire.WriteFinal(s, answer)
+	})
+	t.Cleanup(func() {
+		held.Lock()
+		defer held.Unlock()
+		for _, s := range streams {
+			s.Reset()
+		}
+	})
+	testnet.Connect(t, h, f.host)
+	if resp := rawRequest(t, h, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+		t.Fatalf("scripted backend registers: %v", resp)
+	}
+	return &offered
+}
+
+// TestFailover: a backend that refuses and one that never answers within the
+// handshake deadline each pass the stream on to the next backend, and every
+// byte the remote peer sent before any backend accepted arrives.
+func TestFailover(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		good, refusing, hanging := newIdentity(t), newIdentity(t), newIdentity(t)
+		f := newFixture(t, tr, []identity{good, refusing, hanging}, balancer.WithHandshakeTimeout(300*time.Millisecond))
+		refused := scriptedBackend(t, f, refusing, pooled, &pb.ForwardResponse{Status: pb.Status_REJECTED, Text: "overloaded"})
+		hung := scriptedBackend(t, f, hanging, pooled, nil)
+		var served atomic.Int64
+		be, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+		d := f.newPeer()
+		waitServed(t, d, f.host.ID(), true, pooled)
+		waitRegistered(t, be, pooled)
+
+		const n = 6
+		for i := 0; i < n; i++ {
+			// 1 MiB, written at once: most of it is sent before any backend
+			// has accepted.
+			openAndEcho(t, d, f.host.ID(), pooled, randomBytes(t, 1<<20))
+		}
+		if served.Load() != n {
+			t.Fatalf("good backend served %d streams, want %d", served.Load(), n)
+		}
+		if refused.Load() == 0 || hung.Load() == 0 {
+			t.Fatalf("failover not exercised: refusing backend offered %d, hanging %d", refused.Load(), hung.Load())
+		}
+	})
+}

@@ -1,0 +1,85 @@
+package balancer
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// registrationIdle is how long a routing-request stream may sit between
+// requests before the balancer closes it. Backends extend routes well within
+// a TTL, but nothing obliges them to reuse a stream, so an idle one is only
+// a cost.
+const registrationIdle = time.Minute
+
+// handleRoutingRequest serves a routing-request stream: one response per
+// request, for as many requests as the backend sends, until it closes the
+// stream or sends something malformed. Closing the stream removes no route.
+func (b *Balancer) handleRoutingRequest(s network.Stream) {
+	if err := s.Scope().SetService(wire.ServiceName); err != nil {
+		s.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
+	p := s.Conn().RemotePeer()
+	if !b.cfg.acl.isBackend(p) {
+		// Answer without reading: a stranger costs one small write.
+		b.log.Info("registration refused", "peer", p, "status", pb.Status_PERMISSION_DENIED)
+		wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
+		return
+	}
+	r := wire.NewReader(s)
+	for {
+		_ = s.SetReadDeadline(time.Now().Add(registrationIdle))
+		var req pb.RoutingRequest
+		if err := r.ReadMsg(&req); err != nil {
+			if errors.Is(err, wire.ErrMalformed) {
+				b.log.Info("malformed routing request", "backend", p, "err", err)
+				wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
+				return
+			}
+			if err == io.EOF {
+				s.Close()
+			} else {
+				s.Reset()
+			}
+			return
+		}
+		resp := b.validate(&req)
+		if resp == nil {
+			resp = b.apply(p, &req)
+		}
+		if resp.Status != pb.Status_OK {
+			b.log.Info("registration refused", "backend", p, "status", resp.Status, "reason", resp.Text)
+		}
+		_ = s.SetWriteDeadline(time.Now().Add(b.cfg.handshakeTimeout))
+		if err := wire.WriteMsg(s, resp); err != nil {
+			s.Reset()
+			return
+		}
+		if resp.Status == pb.Status_MALFORMED_MESSAGE {
+			s.Close()
+			return
+		}
+	}
+}
+
+// validate checks a request's shape; nil means it may be applied.
+func (b *Balancer) validate(req *pb.RoutingRequest) *pb.RoutingResponse {
+	n := len(req.GetProtocols()) + len(req.GetRelease())
+	if limit := b.cfg.limits.ProtocolsPerRequest; limit > 0 && n > limit {
+		return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d protocols in one request exceed the limit of %d", n, limit)
+	}
+	for _, list := range [][]string{req.GetProtocols(), req.GetRelease()} {
+		for _, proto := range list {
+			if err := wire.ValidateProtocol(proto); err != nil {
+				return refuse(pb.Status_MALFORMED_MESSAGE, "%v", err)
+			}
+		}
+	}
+	return nil
+}

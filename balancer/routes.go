@@ -1,0 +1,282 @@
+package balancer
+
+import (
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// backendState is what the balancer knows of one backend peer. Routes are
+// soft state owned by the backend: they live until their TTL runs out or the
+// backend releases them.
+type backendState struct {
+	id        peer.ID
+	connected bool
+	routes    map[protocol.ID]*route
+	// active counts this backend's forwarded streams in flight, for the
+	// least-active choice; atomic so that stream ends need no table lock.
+	active atomic.Int64
+}
+
+// route is one protocol routed to one backend.
+type route struct {
+	backend *backendState
+	proto   protocol.ID
+	expires time.Time
+	timer   *time.Timer
+}
+
+// pool is every route of one protocol.
+type pool struct {
+	routes []*route
+	next   uint64 // rotates ties between equally loaded backends
+}
+
+// live reports whether any backend of the pool is connected.
+func (p *pool) live() bool {
+	return slices.ContainsFunc(p.routes, func(r *route) bool { return r.backend.connected })
+}
+
+// hostProtocols returns the protocols the host serves itself (identify,
+// ping and whatever else the host's owner registered), which are reserved:
+// every protocol the host handles except the routes we installed. Called
+// with b.mu held.
+func (b *Balancer) hostProtocols() map[protocol.ID]bool {
+	own := map[protocol.ID]bool{}
+	for _, p := range b.h.Mux().Protocols() {
+		if !b.installed[p] {
+			own[p] = true
+		}
+	}
+	return own
+}
+
+// isReserved reports whether proto must never be routed: it is under the
+// balancer protocol's own prefix, or in hostProtos.
+func isReserved(proto protocol.ID, hostProtos map[protocol.ID]bool) bool {
+	return strings.HasPrefix(string(proto), wire.ProtocolPrefix) || hostProtos[proto]
+}
+
+// apply carries out a validated registration request for backend p: all of
+// it, or, when any protocol is refused, none of it. It returns the response.
+func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return &pb.RoutingResponse{Status: pb.Status_RESOURCE_LIMIT_EXCEEDED, Text: "balancer is shutting down"}
+	}
+	be := b.backends[p]
+	hostProtos := b.hostProtocols()
+	for _, s := range req.GetProtocols() {
+		proto := protocol.ID(s)
+		if isReserved(proto, hostProtos) {
+			return refuse(pb.Status_PROTOCOL_RESERVED, "protocol %q is served by the balancer itself", s)
+		}
+		if !b.cfg.acl.permits(p, s) {
+			return refuse(pb.Status_PERMISSION_DENIED, "protocol %q is not allowed to this backend", s)
+		}
+	}
+	if limit := b.cfg.limits.RoutesPerBackend; limit > 0 {
+		n := 0
+		if be != nil {
+			n = len(be.routes)
+		}
+		for _, s := range req.GetProtocols() {
+			if be == nil || be.routes[protocol.ID(s)] == nil {
+				n++
+			}
+		}
+		if n > limit {
+			return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d routes would exceed this backend's limit of %d", n, limit)
+		}
+	}
+
+	if be == nil {
+		be = &backendState{id: p, routes: map[protocol.ID]*route{}}
+		b.backends[p] = be
+	}
+	// The backend is talking to us, so it is connected; the connectedness
+	// event may still be on its way.
+	be.connected = true
+	ttl := b.grantTTL(req.GetTtlSeconds())
+	now := time.Now()
+	touched := map[protocol.ID]bool{}
+	var added, released []string
+	for _, s := range req.GetProtocols() {
+		proto := protocol.ID(s)
+		r := be.routes[proto]
+		if r == nil {
+			added = append(added, s)
+			r = &route{backend: be, proto: proto}
+			be.routes[proto] = r
+			pl := b.pools[proto]
+			if pl == nil {
+				pl = &pool{}
+				b.pools[proto] = pl
+			}
+			pl.routes = append(pl.routes, r)
+			r.timer = time.AfterFunc(ttl, func() { b.expire(r) })
+		} else {
+			r.timer.Reset(ttl)
+		}
+		r.expires = now.Add(ttl)
+		touched[proto] = true
+	}
+	for _, s := range req.GetRelease() {
+		if r := be.routes[protocol.ID(s)]; r != nil {
+			b.removeRoute(r)
+			touched[r.proto] = true
+			released = append(released, s)
+		}
+	}
+	for proto := range touched {
+		b.refresh(proto)
+	}
+	// One line per change of the route set, none per extension.
+	if len(added) > 0 || len(released) > 0 {
+		b.log.Info("routes changed", "backend", p, "added", added, "released", released, "ttl", ttl, "routes", len(be.routes))
+	}
+	resp := &pb.RoutingResponse{Status: pb.Status_OK, Protocols: be.protocols()}
+	if len(req.GetProtocols()) > 0 {
+		resp.TtlSeconds = uint32(ttl / time.Second)
+	} else {
+		resp.TtlSeconds = be.minTTL(now)
+	}
+	return resp
+}
+
+func refuse(status pb.Status, format string, args ...any) *pb.RoutingResponse {
+	e := wire.Errorf(status, format, args...)
+	return &pb.RoutingResponse{Status: e.Status, Text: e.Text}
+}
+
+// grantTTL turns a requested TTL into the one granted.
+func (b *Balancer) grantTTL(seconds uint32) time.Duration {
+	if seconds == 0 {
+		return b.cfg.ttlDefault
+	}
+	return min(time.Duration(seconds)*time.Second, b.cfg.ttlMax)
+}
+
+// protocols lists the backend's routes, sorted.
+func (be *backendState) protocols() []string {
+	out := make([]string, 0, len(be.routes))
+	for proto := range be.routes {
+		out = append(out, string(proto))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// minTTL is the whole seconds left on the backend's soonest-expiring route.
+func (be *backendState) minTTL(now time.Time) uint32 {
+	var least time.Duration = -1
+	for _, r := range be.routes {
+		if left := r.expires.Sub(now); least < 0 || left < least {
+			least = left
+		}
+	}
+	if least <= 0 {
+		return 0
+	}
+	return uint32(least / time.Second)
+}
+
+// expire removes a route whose TTL ran out, unless it was extended after its
+// timer had already fired.
+func (b *Balancer) expire(r *route) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || r.backend.routes[r.proto] != r || time.Now().Before(r.expires) {
+		return
+	}
+	b.removeRoute(r)
+	b.refresh(r.proto)
+	b.log.Info("route expired", "backend", r.backend.id, "protocol", r.proto)
+}
+
+// removeRoute takes r out of its backend and pool. Called with b.mu held;
+// the caller refreshes the protocol's handler.
+func (b *Balancer) removeRoute(r *route) {
+	r.timer.Stop()
+	delete(r.backend.routes, r.proto)
+	pl := b.pools[r.proto]
+	pl.routes = slices.DeleteFunc(pl.routes, func(x *route) bool { return x == r })
+	if len(pl.routes) == 0 {
+		delete(b.pools, r.proto)
+	}
+	if len(r.backend.routes) == 0 && !b.cfg.acl.isBackend(r.backend.id) {
+		delete(b.backends, r.backend.id)
+	}
+}
+
+// refresh makes the host accept proto exactly while a live backend serves
+// it. Removing the handler is what takes the protocol out of identify (the
+// host pushes the change to connected peers) and makes a new stream on it
+// fail at negotiation rather than be accepted and reset. Called with b.mu
+// held.
+func (b *Balancer) refresh(proto protocol.ID) {
+	if b.closed {
+		return
+	}
+	pl := b.pools[proto]
+	live := pl != nil && pl.live()
+	switch {
+	case live && !b.installed[proto]:
+		b.installed[proto] = true
+		b.h.SetStreamHandler(proto, b.handleInbound)
+	case !live && b.installed[proto]:
+		delete(b.installed, proto)
+		b.h.RemoveStreamHandler(proto)
+	}
+}
+
+// setConnected suspends or resumes every route of backend p.
+func (b *Balancer) setConnected(p peer.ID, connected bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	be := b.backends[p]
+	if be == nil || be.connected == connected {
+		return
+	}
+	be.connected = connected
+	for proto := range be.routes {
+		b.refresh(proto)
+	}
+	if connected {
+		b.log.Info("backend reconnected, routes resumed", "backend", p, "routes", len(be.routes))
+	} else {
+		b.log.Info("backend disconnected, routes suspended", "backend", p, "routes", len(be.routes))
+	}
+}
+
+// candidates returns the connected backends serving proto, the least busy
+// first; ties are rotated so that an idle pool still spreads new streams.
+func (b *Balancer) candidates(proto protocol.ID) []*backendState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl := b.pools[proto]
+	if pl == nil {
+		return nil
+	}
+	out := make([]*backendState, 0, len(pl.routes))
+	n := len(pl.routes)
+	start := int(pl.next % uint64(n))
+	pl.next++
+	for i := range n {
+		r := pl.routes[(start+i)%n]
+		if r.backend.connected {
+			out = append(out, r.backend)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].active.Load() < out[j].active.Load() })
+	return out
+}

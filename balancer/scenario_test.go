@@ -1,0 +1,127 @@
+package balancer_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+const (
+	protoA1 protocol.ID = "/test/a1/1.0.0"
+	protoA2 protocol.ID = "/test/a2/1.0.0"
+	protoB1 protocol.ID = "/test/b1/1.0.0"
+	protoB2 protocol.ID = "/test/b2/1.0.0"
+)
+
+// TestSeedScenario is the request the project was founded on: backends A
+// (A1, A2) and B (B1, B2) share the balancer's peer ID; D reaches A through
+// the balancer and A sees D; B reaches E through the balancer, settling on
+// B2, and E sees the balancer.
+func TestSeedScenario(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a, b := newIdentity(t), newIdentity(t)
+		f := newFixture(t, tr, []identity{a, b})
+
+		type seen struct {
+			proto         protocol.ID
+			remote, local string
+			remoteAddr    string
+		}
+		seenA := make(chan seen, 2)
+		record := func(s network.Stream) {
+			seenA <- seen{s.Protocol(), s.Conn().RemotePeer().String(), s.Conn().LocalPeer().String(), s.Conn().RemoteMultiaddr().String()}
+			echo(s)
+		}
+		f.newBackend(a, map[protocol.ID]network.StreamHandler{protoA1: record, protoA2: record})
+		beB, bHost := f.newBackend(b, map[protocol.ID]network.StreamHandler{protoB1: echo, protoB2: echo})
+
+		d := f.newPeer()
+		waitServed(t, d, f.host.ID(), true, protoA1, protoA2, protoB1, protoB2)
+
+		// Inbound: D opens A1 and A2 to the balancer and reaches A.
+		var dAddr string
+		for _, c := range f.host.Network().ConnsToPeer(d.ID()) {
+			dAddr = c.RemoteMultiaddr().String()
+		}
+		for _, p := range []protocol.ID{protoA1, protoA2} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			s, err := d.NewStream(ctx, f.host.ID(), p)
+			cancel()
+			if err != nil {
+				t.Fatalf("D opens %s: %v", p, err)
+			}
+			roundTrip(t, s, randomBytes(t, 256<<10))
+			got := <-seenA
+			want := seen{p, d.ID().String(), f.host.ID().String(), dAddr}
+			if got != want {
+				t.Fatalf("A saw %+v, want %+v", got, want)
+			}
+		}
+
+		// Outbound: B reaches E, which serves only B2, offering B1 then B2.
+		e := testnet.NewHost(t, tr, testnet.Options{})
+		eSaw := make(chan string, 1)
+		e.SetStreamHandler(protoB2, func(s network.Stream) {
+			eSaw <- s.Conn().RemotePeer().String()
+			echo(s)
+		})
+		bHost.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := beB.NewStream(ctx, e.ID(), protoB1, protoB2)
+		if err != nil {
+			t.Fatalf("B opens a stream to E: %v", err)
+		}
+		if s.Protocol() != protoB2 {
+			t.Fatalf("accepted protocol %s, want %s", s.Protocol(), protoB2)
+		}
+		if s.Conn().RemotePeer() != e.ID() || s.Conn().LocalPeer() != f.host.ID() {
+			t.Fatalf("outbound stream conn: remote %s local %s", s.Conn().RemotePeer(), s.Conn().LocalPeer())
+		}
+		roundTrip(t, s, randomBytes(t, 256<<10))
+		if got := <-eSaw; got != f.host.ID().String() {
+			t.Fatalf("E saw remote peer %s, want the balancer %s", got, f.host.ID())
+		}
+
+		// E accepts none of these: PROTOCOL_NOT_SUPPORTED.
+		_, err = beB.NewStream(ctx, e.ID(), protoB1)
+		if !errors.Is(err, &wire.StatusError{Status: pb.Status_PROTOCOL_NOT_SUPPORTED}) {
+			t.Fatalf("outbound to an unsupported protocol: err = %v, want PROTOCOL_NOT_SUPPORTED", err)
+		}
+	})
+}
+
+// TestPingThroughBalancer runs go-libp2p's own ping service, unmodified, on
+// a backend through the host adapter while the balancer's host has ping
+// disabled: a remote peer pings the balancer's peer ID and the backend
+// answers.
+func TestPingThroughBalancer(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := newIdentity(t)
+		f := newFixture(t, tr, []identity{a})
+		be, _ := f.newBackend(a, nil)
+		ping.NewPingService(backend.NewHost(be))
+
+		d := f.newPeer()
+		waitServed(t, d, f.host.ID(), true, ping.ID)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		results := ping.Ping(ctx, d, f.host.ID())
+		for i := 0; i < 3; i++ {
+			res := <-results
+			if res.Error != nil {
+				t.Fatalf("ping %d: %v", i, res.Error)
+			}
+		}
+	})
+}

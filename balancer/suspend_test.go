@@ -1,0 +1,111 @@
+package balancer_test
+
+import (
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// rawBackend is a backend driven by hand: it registers with explicit
+// requests and accepts every forward stream, then echoes.
+func rawBackend(t *testing.T, f *fixture, who identity) host.Host {
+	t.Helper()
+	h := testnet.NewHost(t, f.tr, testnet.Options{Key: who.key, LinkPeers: []peer.ID{f.host.ID()}, NoListen: true})
+	h.SetStreamHandler(wire.ForwardID, func(s network.Stream) {
+		var req pb.Forward
+		if err := wire.NewReader(s).ReadMsg(&req); err != nil {
+			s.Reset()
+			return
+		}
+		if err := wire.WriteMsg(s, &pb.ForwardResponse{Status: pb.Status_OK, Protocol: req.Protocols[0]}); err != nil {
+			s.Reset()
+			return
+		}
+		echo(s)
+	})
+	testnet.Connect(t, h, f.host)
+	return h
+}
+
+// TestSuspendAndResume: when the balancer loses its last connection to a
+// backend, the backend's protocols leave identify at once; when it
+// reconnects within the TTL they come back without a new registration.
+func TestSuspendAndResume(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := newIdentity(t)
+		f := newFixture(t, tr, []identity{a})
+		ah := rawBackend(t, f, a)
+		const proto protocol.ID = "/test/suspend"
+		if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+			t.Fatalf("register: %v", resp)
+		}
+		d := f.newPeer()
+		waitServed(t, d, f.host.ID(), true, proto)
+		openAndEcho(t, d, f.host.ID(), proto, []byte("before"))
+
+		if err := ah.Network().ClosePeer(f.host.ID()); err != nil {
+			t.Fatal(err)
+		}
+		waitServed(t, d, f.host.ID(), false, proto)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if s, err := d.NewStream(ctx, f.host.ID(), proto); err == nil {
+			// Lazy negotiation: the refusal shows on the first read.
+			_, err = io.ReadAll(s)
+			if err == nil {
+				t.Fatal("a suspended protocol was accepted")
+			}
+		}
+
+		testnet.Connect(t, ah, f.host)
+		waitServed(t, d, f.host.ID(), true, proto)
+		openAndEcho(t, d, f.host.ID(), proto, []byte("after"))
+	})
+}
+
+// TestExpiryKeepsStreams: a route that expires stops new streams but never
+// cuts one already forwarded.
+func TestExpiryKeepsStreams(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithTTL(time.Second, time.Minute))
+	ah := rawBackend(t, f, a)
+	const proto protocol.ID = "/test/expiring"
+	if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 1}); resp.Status != pb.Status_OK {
+		t.Fatalf("register: %v", resp)
+	}
+	d := f.newPeer()
+	waitServed(t, d, f.host.ID(), true, proto)
+	s, err := d.NewStream(context.Background(), f.host.ID(), proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte("first half, ")); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, d, f.host.ID(), false, proto)
+	if f.lb.ActiveStreams() != 1 {
+		t.Fatalf("active streams after expiry: %d, want 1", f.lb.ActiveStreams())
+	}
+	if _, err := s.Write([]byte("second half")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(s)
+	if err != nil || string(got) != "first half, second half" {
+		t.Fatalf("stream across expiry: %q, %v", got, err)
+	}
+}

@@ -1,0 +1,186 @@
+// Package link chooses the connection a balancer–backend stream travels on
+// and opens it there.
+//
+// go-libp2p's QUIC transport lets a peer open at most 256 concurrent streams
+// on one connection (quicreuse's MaxIncomingStreams, fixed, not
+// configurable); the 257th NewStream blocks until a stream ends. A balancer
+// and a backend joined by one QUIC connection could therefore carry only 256
+// forwarded streams at once in each direction. The cap is per connection, so
+// the backend library adds connections ("lanes", see package backend) and
+// both sides open every forward stream on the connection with the most room,
+// which this package decides. The swarm's own NewStream cannot be used for
+// this: it deliberately prefers the connection with the MOST streams.
+package link
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	msmux "github.com/multiformats/go-multistream"
+)
+
+// QUICStreamCap is the number of concurrent streams one side may open on a
+// QUIC connection to a go-libp2p peer (p2p/transport/quicreuse/config.go).
+const QUICStreamCap = 256
+
+// StreamCap returns how many streams this side may have open in direction dir
+// on c at once, or 0 when the transport sets no fixed cap (yamux over TCP:
+// the resource manager decides).
+func StreamCap(c network.Conn) int {
+	capped := false
+	ma.ForEach(c.RemoteMultiaddr(), func(comp ma.Component) bool {
+		switch comp.Protocol().Code {
+		case ma.P_QUIC_V1, ma.P_QUIC, ma.P_WEBTRANSPORT:
+			capped = true
+			return false
+		}
+		return true
+	})
+	if capped {
+		return QUICStreamCap
+	}
+	return 0
+}
+
+// Room returns how many more streams this side may open on c now; a large
+// number stands for "no fixed cap".
+func Room(c network.Conn) int {
+	limit := StreamCap(c)
+	if limit == 0 {
+		return 1 << 30
+	}
+	open := 0
+	for _, s := range c.GetStreams() {
+		if s.Stat().Direction == network.DirOutbound {
+			open++
+		}
+	}
+	return limit - open
+}
+
+// pick returns the usable connection with the most room for a new outbound
+// stream, counting pending opens, or nil when every connection is closed,
+// limited (relayed) or at its cap. Among uncapped connections it takes the
+// one with the fewest streams, which spreads load over parallel TCP
+// connections too.
+func pick(conns []network.Conn, pending map[network.Conn]int) network.Conn {
+	var best network.Conn
+	bestRoom := 0
+	for _, c := range conns {
+		if c.IsClosed() || c.Stat().Limited {
+			continue
+		}
+		room := Room(c) - pending[c]
+		if StreamCap(c) == 0 {
+			room -= len(c.GetStreams())
+		}
+		if room > 0 && (best == nil || room > bestRoom) {
+			best, bestRoom = c, room
+		}
+	}
+	return best
+}
+
+// Opener opens streams on the connection with the most room. It counts
+// opens in progress against their connection: without that, a burst of
+// concurrent opens would all see the same free connection (a stream shows in
+// GetStreams only once NewStream returns) and pile onto it past its cap.
+// The zero value is ready to use; share one Opener per side.
+type Opener struct {
+	mu      sync.Mutex
+	pending map[network.Conn]int
+}
+
+// ErrNoConn is returned by Open when there is no connection to the peer at
+// all: waiting would not help, since backends dial the balancer, not the
+// other way round.
+var ErrNoConn = errors.New("no connection to the peer")
+
+// Open opens a stream for proto on the connection among conns() with the
+// most room, waiting while every connection is at its cap (a backend opens a
+// new lane when its connections fill up) until ctx is done.
+func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto protocol.ID) (network.Stream, error) {
+	delay := time.Millisecond
+	for {
+		cs := conns()
+		if len(cs) == 0 {
+			return nil, ErrNoConn
+		}
+		o.mu.Lock()
+		c := pick(cs, o.pending)
+		if c != nil {
+			if o.pending == nil {
+				o.pending = map[network.Conn]int{}
+			}
+			o.pending[c]++
+		}
+		o.mu.Unlock()
+		if c != nil {
+			s, err := NewStream(ctx, c, proto)
+			o.mu.Lock()
+			if o.pending[c]--; o.pending[c] == 0 {
+				delete(o.pending, c)
+			}
+			o.mu.Unlock()
+			return s, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("every connection is at its stream cap: %w", ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+}
+
+// NewStream opens a stream on c for proto. Protocol negotiation is lazy: the
+// multistream-select proposal goes out with the first write and its answer is
+// read with the first read, so a request–response handshake costs no extra
+// round trip. A peer that does not speak proto shows up as an error on that
+// first read.
+func NewStream(ctx context.Context, c network.Conn, proto protocol.ID) (network.Stream, error) {
+	s, err := c.NewStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.SetProtocol(proto); err != nil {
+		s.ResetWithError(network.StreamResourceLimitExceeded)
+		return nil, fmt.Errorf("resource manager refused %s: %w", proto, err)
+	}
+	return &lazyStream{Stream: s, rw: msmux.NewMSSelect(s, proto)}, nil
+}
+
+// lazyStream carries reads and writes through the lazy multistream client,
+// as go-libp2p's basic host does for its own lazily negotiated streams.
+type lazyStream struct {
+	network.Stream
+	rw io.ReadWriteCloser
+}
+
+func (s *lazyStream) Read(b []byte) (int, error)  { return s.rw.Read(b) }
+func (s *lazyStream) Write(b []byte) (int, error) { return s.rw.Write(b) }
+
+// negotiationTimeout bounds how long Close waits for the remote's
+// multistream answer (go-multistream issue 47: Close can otherwise block).
+const negotiationTimeout = 10 * time.Second
+
+func (s *lazyStream) Close() error {
+	_ = s.Stream.SetReadDeadline(time.Now().Add(negotiationTimeout))
+	return s.rw.Close()
+}
+
+func (s *lazyStream) CloseWrite() error {
+	if f, ok := s.rw.(interface{ Flush() error }); ok {
+		_ = f.Flush()
+	}
+	return s.Stream.CloseWrite()
+}

@@ -1,0 +1,404 @@
+// Package pipe joins two byte streams so that what one end reads the other
+// end writes, in both directions at once.
+//
+// It is the single copy routine behind every stream the balancer forwards,
+// so that half-close, reset propagation, idle timeouts and byte counting
+// behave the same everywhere and are fixed in one place.
+//
+// A joined pair that carries no traffic costs one goroutine (the caller's
+// is reused for the other direction) and two small read buffers; large
+// buffers are borrowed from a shared pool only while data is flowing. See
+// [Join] for the exact rules.
+package pipe
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pool "github.com/libp2p/go-buffer-pool"
+)
+
+// Buffer sizes. Measurements behind them are in pipe_bench_test.go and in
+// docs (go-libp2p v0.51.0, TCP+TLS+yamux on loopback, 2 cores).
+const (
+	// smallBufSize is what each direction reads into while it waits for
+	// data. It stays allocated for the whole life of the Join, so it is the
+	// idle cost: two of them per joined pair. 1 KiB holds most request and
+	// response messages whole, while 2 KiB added 2 KiB per idle pair for no
+	// measurable gain (a full small read immediately switches to the large
+	// buffer anyway).
+	smallBufSize = 1024
+
+	// largeBufSize is borrowed from the pool while data is flowing. Below
+	// 32 KiB bulk throughput dropped by about 30% (every yamux Write is one
+	// frame, one encryption record and one syscall, there is no write
+	// coalescing); above it only allocation grew.
+	largeBufSize = 32 * 1024
+)
+
+// ErrIdleTimeout is the Result error when no byte moved in either
+// direction for Config.IdleTimeout.
+var ErrIdleTimeout = errors.New("pipe: idle timeout")
+
+// Stream is what Join needs of each end; a go-libp2p network.Stream
+// satisfies it.
+type Stream interface {
+	io.Reader
+	io.Writer
+	// CloseWrite carries an EOF read on the other end across to this one.
+	CloseWrite() error
+	// Reset carries a failure on either end to both peers.
+	Reset() error
+	// Close frees the stream once both directions ended cleanly.
+	Close() error
+}
+
+// Config tunes Join; the zero value (or nil) is ready to use.
+//
+// Join copies the fields it needs when it starts, so changing a Config
+// affects only later Joins.
+type Config struct {
+	// Progress, when set, is called each time bytes were written to one of
+	// the ends, with the direction and the count, so that callers can keep
+	// live byte counters. It is called from two goroutines at once (one per
+	// direction) and must not block: a slow Progress stalls the copy. The
+	// counts it is given add up exactly to the Result totals.
+	Progress func(dir Direction, n int)
+
+	// IdleTimeout, when > 0, resets both streams and makes Join return
+	// ErrIdleTimeout once no byte has been read or written, in either
+	// direction, for this long. Zero (the default) means no timeout.
+	//
+	// It costs one time.Timer per Join, not one per read: every read and
+	// write stores a timestamp in an atomic, and the timer, when it fires,
+	// re-arms itself for the remaining time if there was activity since.
+	// A direction blocked in Write because the far reader does not read
+	// moves no bytes, so a stalled peer also counts as idle. The stream
+	// deadlines are left alone, so deadlines the caller set still apply.
+	IdleTimeout time.Duration
+}
+
+// Direction names one of the two copies Join runs.
+type Direction int
+
+const (
+	// AToB reads from a and writes to b.
+	AToB Direction = iota
+	// BToA reads from b and writes to a.
+	BToA
+)
+
+// String returns "a->b" or "b->a", for logs and errors.
+func (d Direction) String() string {
+	switch d {
+	case AToB:
+		return "a->b"
+	case BToA:
+		return "b->a"
+	}
+	return "invalid direction"
+}
+
+// Result reports what one Join carried.
+type Result struct {
+	// AToB and BToA are the bytes written to b and to a.
+	AToB, BToA int64
+	// Err is nil when both directions ended with EOF and both streams
+	// closed cleanly. Otherwise it is the first failure: an *Error for a
+	// read, write, close-write or close that failed (wrapping the stream's
+	// own error, so errors.Is(err, network.ErrReset) works), or
+	// ErrIdleTimeout.
+	Err error
+}
+
+// Error says where a joined stream failed: which direction and which
+// operation. A read failure in direction AToB means a failed (usually
+// was reset by its peer); a write failure there means b did.
+type Error struct {
+	// Dir is the direction whose copy failed.
+	Dir Direction
+	// Op is "read", "write", "close write" or "close".
+	Op string
+	// Err is the stream's error.
+	Err error
+}
+
+func (e *Error) Error() string {
+	return "pipe: " + e.Dir.String() + " " + e.Op + ": " + e.Err.Error()
+}
+
+// Unwrap returns the stream's error, so that callers can test it with
+// errors.Is.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Join copies a→b and b→a until both directions end, then closes both
+// streams (or resets both on error), and returns what it carried.
+//
+// An EOF read from one end is passed on as CloseWrite on the other, and
+// the opposite direction keeps running until it ends too. Any other read
+// error, any write error, a failed CloseWrite or the idle timeout resets
+// both streams at once, so the failure reaches both peers and unblocks the
+// other direction; Result.Err is the first of these errors.
+//
+// Data read is always written before the next Read: a Read may block
+// forever, and holding bytes back across it would deadlock request and
+// response protocols. Each direction holds at most one buffer of data, so
+// a slow reader on one side slows the writer on the other side through
+// the streams' own flow control.
+//
+// Join runs a→b on the calling goroutine and b→a on exactly one new
+// goroutine, which has finished its work when Join returns. a and b must
+// not be nil, and nobody else may read from, write to or close them while
+// Join runs (Reset from outside is fine and ends the Join).
+func Join(a, b Stream, cfg *Config) Result {
+	j := &joiner{a: a, b: b}
+	// Field by field: a copier literal would be built on the caller's
+	// stack first, small buffer and all.
+	j.ab.j, j.ab.src, j.ab.dst, j.ab.dir = j, a, b, AToB
+	j.ba.j, j.ba.src, j.ba.dst, j.ba.dir = j, b, a, BToA
+	if cfg != nil {
+		j.progress = cfg.Progress
+		j.idle = cfg.IdleTimeout
+	}
+	if j.idle > 0 {
+		j.startIdleTimer()
+	}
+
+	j.wg.Add(1)
+	go j.copyBToA()
+	j.copyAToB()
+	j.wg.Wait()
+
+	if j.idle > 0 {
+		j.stopIdleTimer()
+	}
+	// Both copies and the idle timer are done: nothing else writes j.err.
+	if j.err == nil {
+		// Both directions saw EOF and passed on their half-close; Close
+		// frees the streams. A failure here is reported but not reset:
+		// the peers already have all the data and their EOF.
+		errA, errB := a.Close(), b.Close()
+		switch {
+		case errA != nil:
+			j.err = &Error{Dir: BToA, Op: "close", Err: errA}
+		case errB != nil:
+			j.err = &Error{Dir: AToB, Op: "close", Err: errB}
+		}
+	}
+	return Result{AToB: j.ab.n, BToA: j.ba.n, Err: j.err}
+}
+
+// joiner is the state of one Join. It is one allocation, small read
+// buffers included, and it is all that an idle joined pair keeps on the
+// heap apart from the streams themselves.
+type joiner struct {
+	a, b     Stream
+	progress func(Direction, int)
+	idle     time.Duration
+
+	wg sync.WaitGroup // the b→a goroutine
+
+	mu  sync.Mutex
+	err error // first failure; written under mu, read by Join after wg.Wait
+
+	// Idle timer state; see startIdleTimer. timer and timerStopped are
+	// guarded by mu.
+	start        time.Time    // monotonic origin for last
+	last         atomic.Int64 // time of the last activity, as ns since start
+	timer        *time.Timer
+	timerStopped bool
+	timerRuns    sync.WaitGroup // armed or running timer callbacks
+
+	ab, ba copier
+}
+
+// copier is one direction of a Join.
+type copier struct {
+	j        *joiner
+	src, dst Stream
+	dir      Direction
+	n        int64 // bytes written to dst
+	small    [smallBufSize]byte
+}
+
+// copyAToB and copyBToA exist so that a goroutine dump says which
+// direction a blocked copy is.
+
+func (j *joiner) copyAToB() {
+	if err := j.ab.copy(); err != nil {
+		j.fail(err)
+	}
+}
+
+func (j *joiner) copyBToA() {
+	defer j.wg.Done()
+	if err := j.ba.copy(); err != nil {
+		j.fail(err)
+	}
+}
+
+// fail records the first error and resets both streams, which carries the
+// failure to both peers and makes the other direction's blocked Read or
+// Write return.
+func (j *joiner) fail(err error) {
+	j.mu.Lock()
+	first := j.err == nil
+	if first {
+		j.err = err
+	}
+	j.mu.Unlock()
+	if first {
+		_ = j.a.Reset()
+		_ = j.b.Reset()
+	}
+}
+
+// copy moves bytes from src to dst until EOF or an error.
+//
+// Buffer heuristic. The copy waits in Read on the small buffer that lives
+// in the copier, because most of a forwarded stream's life is spent
+// waiting and a 32 KiB buffer per blocked Read is what made naive
+// forwarding cost ~76 KB per idle stream. When a Read fills the small
+// buffer, more data is very likely already queued, so the copy borrows a
+// large buffer from the pool for the next Read. It keeps the large buffer
+// only while Reads fill it completely. A Read that returns less than the
+// buffer holds means the stream's receive queue has been drained: the next
+// Read may block, possibly for a long time, so the large buffer goes back
+// to the pool first and the copy waits on the small one again.
+//
+// A threshold lower than "full" (say, keep the large buffer while reads
+// return more than the small buffer holds) would be kinder to bursty
+// senders, but the last read of a burst returns an arbitrary remainder,
+// so about every other stream would then go idle holding 32 KiB. With
+// "full", an idle stream holds a large buffer only when the last read of
+// its last burst happened to fill the large buffer exactly, and it gives
+// it back on the next read. The measured cost is small: when the copy is
+// faster than the sender, a drained read is followed by a 1 KiB read and
+// write before the large buffer is taken again (see BenchmarkJoinBulk).
+func (c *copier) copy() error {
+	buf := c.small[:]
+	large := false
+	for {
+		nr, rerr := c.src.Read(buf)
+		if nr > 0 {
+			c.j.touch()
+			nw, werr := c.dst.Write(buf[:nr])
+			if nw > 0 {
+				c.n += int64(nw)
+				c.j.touch()
+				if c.j.progress != nil {
+					c.j.progress(c.dir, nw)
+				}
+			}
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				if large {
+					putLarge(buf)
+				}
+				return &Error{Dir: c.dir, Op: "write", Err: werr}
+			}
+		}
+		if rerr != nil {
+			if large {
+				putLarge(buf)
+			}
+			// io.EOF itself, as io.Copy does: io.Reader must return it
+			// unwrapped, and a wrapped EOF is not a clean end.
+			if rerr == io.EOF {
+				if err := c.dst.CloseWrite(); err != nil {
+					return &Error{Dir: c.dir, Op: "close write", Err: err}
+				}
+				return nil
+			}
+			return &Error{Dir: c.dir, Op: "read", Err: rerr}
+		}
+		switch {
+		case !large && nr == len(buf):
+			buf = getLarge()
+			large = true
+		case large && nr < len(buf):
+			putLarge(buf)
+			buf = c.small[:]
+			large = false
+		}
+	}
+}
+
+// largeInUse counts large buffers currently borrowed, so tests can check
+// that idle streams give them back.
+var largeInUse atomic.Int64
+
+// The large buffers come from go-buffer-pool's global pool, which yamux
+// and the security transports also use, so buffers freed by one are
+// reused by the others.
+func getLarge() []byte {
+	largeInUse.Add(1)
+	return pool.Get(largeBufSize)
+}
+
+func putLarge(b []byte) {
+	largeInUse.Add(-1)
+	pool.Put(b)
+}
+
+// touch records activity for the idle timer. It is a clock read and an
+// atomic store, and only when IdleTimeout is set.
+func (j *joiner) touch() {
+	if j.idle > 0 {
+		j.last.Store(int64(time.Since(j.start)))
+	}
+}
+
+// startIdleTimer arms the one timer this Join uses for IdleTimeout.
+//
+// Every armed timer is counted in timerRuns before it is armed, and its
+// callback marks it done when it finishes, so stopIdleTimer can wait for a
+// callback that has already started: no goroutine of this Join, not even
+// the runtime's timer goroutine, outlives Join.
+func (j *joiner) startIdleTimer() {
+	j.start = time.Now()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.timerRuns.Add(1)
+	j.timer = time.AfterFunc(j.idle, j.checkIdle)
+}
+
+// checkIdle runs when the idle timer fires. If there was activity since
+// it was armed it re-arms itself for the rest of the timeout; otherwise
+// the pair is idle and fails.
+func (j *joiner) checkIdle() {
+	defer j.timerRuns.Done()
+	j.mu.Lock()
+	if j.timerStopped {
+		j.mu.Unlock()
+		return
+	}
+	quiet := time.Since(j.start) - time.Duration(j.last.Load())
+	if quiet < j.idle {
+		j.timerRuns.Add(1)
+		j.timer.Reset(j.idle - quiet)
+		j.mu.Unlock()
+		return
+	}
+	j.mu.Unlock()
+	j.fail(ErrIdleTimeout)
+}
+
+// stopIdleTimer stops the timer and waits for a callback in flight.
+// Setting timerStopped under mu guarantees that a callback either re-armed
+// the timer before it (and Stop cancels that) or sees the flag and does
+// not re-arm.
+func (j *joiner) stopIdleTimer() {
+	j.mu.Lock()
+	j.timerStopped = true
+	if j.timer.Stop() {
+		j.timerRuns.Done()
+	}
+	j.mu.Unlock()
+	j.timerRuns.Wait()
+}
