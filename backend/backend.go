@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -38,6 +40,7 @@ type Backend struct {
 	sub    event.Subscription
 
 	closeOnce sync.Once
+	draining  atomic.Bool
 
 	sessions []*session // one per balancer, fixed at New
 	byPeer   map[peer.ID]*session
@@ -201,4 +204,51 @@ func (b *Backend) watchConnectedness() {
 			}
 		}
 	}
+}
+
+// Drain takes this backend out of service without losing a stream: it
+// releases every route with every balancer, so that no new stream is
+// forwarded to it, waits until the forwarded streams in flight (both
+// directions) have ended or ctx is done, and then closes the Backend. It
+// returns ctx's error if streams were still open. A rolling restart drains
+// each backend of a pool in turn.
+func (b *Backend) Drain(ctx context.Context) error {
+	b.draining.Store(true)
+	var wg sync.WaitGroup
+	for _, s := range b.sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.releaseAll()
+		}()
+	}
+	wg.Wait()
+	var err error
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for b.StreamsInFlight() > 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-tick.C:
+		}
+	}
+	b.Close()
+	return err
+}
+
+// StreamsInFlight returns the number of forwarded streams, inbound and
+// outbound, open between this backend and its balancers.
+func (b *Backend) StreamsInFlight() int {
+	n := 0
+	for _, s := range b.sessions {
+		for _, c := range s.lanes.conns() {
+			for _, st := range c.GetStreams() {
+				if st.Protocol() == wire.ForwardID {
+					n++
+				}
+			}
+		}
+	}
+	return n
 }

@@ -15,6 +15,7 @@ type config struct {
 	backoffMin       time.Duration
 	backoffMax       time.Duration
 	lanes            bool
+	weight           uint32
 	log              *slog.Logger
 }
 
@@ -83,6 +84,16 @@ func WithLanes(on bool) Option {
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		c.log = l
+		return nil
+	}
+}
+
+// WithWeight states this backend's weight in every registration: its share
+// of new streams, relative to the other backends of a pool, where the pool
+// uses the weighted strategy. Default 0, which the balancer takes as 1.
+func WithWeight(w uint32) Option {
+	return func(c *config) error {
+		c.weight = w
 		return nil
 	}
 }

@@ -121,6 +121,9 @@ func (s *session) step() (time.Duration, error) {
 			return 0, fmt.Errorf("connecting: %w", err)
 		}
 	}
+	if s.b.draining.Load() {
+		return time.Hour, nil // Drain released the routes; keep them so
+	}
 	protos := s.b.Protocols()
 	serving := map[protocol.ID]bool{}
 	for _, p := range protos {
@@ -141,7 +144,7 @@ func (s *session) step() (time.Duration, error) {
 		s.setStatus(func(st *Status) { st.Protocols, st.Expires, st.LastError = nil, time.Time{}, nil })
 		return time.Hour, nil // nothing to keep alive until a handler is added
 	}
-	req := &pb.RoutingRequest{TtlSeconds: uint32(s.b.cfg.ttl / time.Second), Release: releases}
+	req := &pb.RoutingRequest{TtlSeconds: uint32(s.b.cfg.ttl / time.Second), Release: releases, Weight: s.b.cfg.weight}
 	for _, p := range protos {
 		req.Protocols = append(req.Protocols, string(p))
 	}

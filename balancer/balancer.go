@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -42,6 +43,8 @@ type Balancer struct {
 	active activeSet
 	// opener spreads forward streams over a backend's connections.
 	opener link.Opener
+	// admission enforces the balancer-wide and per-remote-peer limits.
+	admission admission
 
 	mu        sync.Mutex
 	closed    bool
@@ -76,6 +79,7 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 		installed: map[protocol.ID]bool{},
 	}
 	b.active.init()
+	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
 	}
@@ -150,10 +154,15 @@ func (b *Balancer) stopAccepting() {
 // connections (lanes) and lose one of them.
 func (b *Balancer) watchConnectedness() {
 	defer b.wg.Done()
+	// The same goroutine forgets idle remote peers' rate limit state.
+	sweep := time.NewTicker(30 * time.Second)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-b.ctx.Done():
 			return
+		case <-sweep.C:
+			b.admission.sweep()
 		case ev, ok := <-b.sub.Out():
 			if !ok {
 				return

@@ -24,15 +24,24 @@ func (b *Balancer) handleInbound(s network.Stream) {
 	}
 	proto := s.Protocol()
 	remote := s.Conn().RemotePeer()
+	if r := b.admission.admitInbound(remote); r != nil {
+		b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", r.msg)
+		s.ResetWithError(r.code)
+		return
+	}
+	defer b.admission.releaseInbound(remote)
 	fwd := &pb.Forward{
 		Peer:      []byte(remote),
 		Protocols: []string{string(proto)},
 		Addrs:     [][]byte{s.Conn().RemoteMultiaddr().Bytes()},
 	}
-	tried := 0
-	for _, be := range b.candidates(proto) {
-		tried++
+	cands := b.candidates(proto, remote)
+	for _, m := range cands {
+		be := m.r.backend
 		bs, err := b.offer(be, fwd)
+		if ejected, d := b.recordOutcome(be, err == nil); ejected {
+			b.log.Warn("backend ejected", "backend", be.id, "for", d, "after", err)
+		}
 		if err != nil {
 			b.log.Debug("backend did not take stream", "backend", be.id, "protocol", proto, "peer", remote, "err", err)
 			continue
@@ -40,7 +49,12 @@ func (b *Balancer) handleInbound(s network.Stream) {
 		b.carry(be, s, bs)
 		return
 	}
-	b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend accepted", "tried", tried)
+	if len(cands) == 0 {
+		b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend available")
+		s.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
+	b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend accepted", "tried", len(cands))
 	s.Reset()
 }
 

@@ -19,23 +19,9 @@ type config struct {
 	dialTimeout      time.Duration
 	idleTimeout      time.Duration
 	limits           Limits
+	health           Health
+	policies         []policyRule
 	log              *slog.Logger
-}
-
-// Limits bound the work one backend or the whole balancer can cause. A zero
-// field means no limit.
-type Limits struct {
-	// ProtocolsPerRequest caps the protocols (added plus released) in one
-	// RoutingRequest. Default 1024.
-	ProtocolsPerRequest int
-	// RoutesPerBackend caps the protocols routed to one backend. Default 4096.
-	RoutesPerBackend int
-}
-
-// DefaultLimits returns the limits a Balancer has unless WithLimits says
-// otherwise.
-func DefaultLimits() Limits {
-	return Limits{ProtocolsPerRequest: 1024, RoutesPerBackend: 4096}
 }
 
 func defaultConfig() config {
@@ -46,6 +32,7 @@ func defaultConfig() config {
 		handshakeTimeout: 5 * time.Second,
 		dialTimeout:      15 * time.Second,
 		limits:           DefaultLimits(),
+		health:           DefaultHealth(),
 		log:              slog.Default(),
 	}
 }
@@ -121,6 +108,30 @@ func WithLimits(l Limits) Option {
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		c.log = l
+		return nil
+	}
+}
+
+// WithHealth replaces the default passive health checking; see Health.
+func WithHealth(h Health) Option {
+	return func(c *config) error {
+		if h.ConsecutiveFailures > 0 && (h.BaseEjection <= 0 || h.MaxEjection < h.BaseEjection) {
+			return fmt.Errorf("balancer: health: ejection times %v..%v are not increasing", h.BaseEjection, h.MaxEjection)
+		}
+		c.health = h
+		return nil
+	}
+}
+
+// WithPolicy sets the policy of the pools of protocols matching pattern: a
+// protocol ID, or a prefix followed by "*". The first matching WithPolicy
+// wins; protocols no pattern matches use least-streams, not sticky.
+func WithPolicy(pattern string, p Policy) Option {
+	return func(c *config) error {
+		if _, ok := strategyNames[p.Strategy]; !ok {
+			return fmt.Errorf("balancer: policy for %q: unknown strategy %v", pattern, p.Strategy)
+		}
+		c.policies = append(c.policies, policyRule{pattern: pattern, policy: p})
 		return nil
 	}
 }

@@ -42,8 +42,13 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		}
 		return
 	}
+	be := b.backend(from)
 	target, protos, addrs, serr := b.checkOutbound(from, &req)
 	if serr == nil {
+		serr = b.admitOutbound(be)
+	}
+	if serr == nil {
+		defer b.releaseOutbound(be)
 		_ = s.SetDeadline(time.Now().Add(b.cfg.dialTimeout))
 		var ts network.Stream
 		ts, serr = b.openTarget(target, addrs, protos)
@@ -55,7 +60,6 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 				return
 			}
 			_ = s.SetDeadline(time.Time{})
-			be := b.backend(from)
 			b.carry(be, s, ts)
 			return
 		}
@@ -150,4 +154,27 @@ func (b *Balancer) backend(p peer.ID) *backendState {
 		b.backends[p] = be
 	}
 	return be
+}
+
+// admitOutbound takes a slot for an outbound stream of backend be, or
+// refuses with RESOURCE_LIMIT_EXCEEDED naming the limit.
+func (b *Balancer) admitOutbound(be *backendState) *wire.StatusError {
+	n := be.outbound.Add(1)
+	var err *wire.StatusError
+	if l := int64(b.cfg.limits.OutboundPerBackend); l > 0 && n > l {
+		err = wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's limit of %d outbound streams is reached", l)
+	} else if l := int64(b.cfg.limits.StreamsPerBackend); l > 0 && be.active.Load() >= l {
+		err = wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's limit of %d streams is reached", l)
+	} else if aerr := b.admission.admitOutbound(); aerr != nil {
+		err = wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%v", aerr)
+	}
+	if err != nil {
+		be.outbound.Add(-1)
+	}
+	return err
+}
+
+func (b *Balancer) releaseOutbound(be *backendState) {
+	be.outbound.Add(-1)
+	b.admission.releaseOutbound()
 }

@@ -21,9 +21,14 @@ type backendState struct {
 	id        peer.ID
 	connected bool
 	routes    map[protocol.ID]*route
-	// active counts this backend's forwarded streams in flight, for the
-	// least-active choice; atomic so that stream ends need no table lock.
+	// active counts this backend's forwarded streams in flight, both
+	// directions, for the least-streams choice and StreamsPerBackend;
+	// atomic so that stream ends need no table lock.
 	active atomic.Int64
+	// outbound counts this backend's outbound streams in flight, for
+	// OutboundPerBackend.
+	outbound atomic.Int64
+	health   healthState
 }
 
 // route is one protocol routed to one backend.
@@ -32,6 +37,8 @@ type route struct {
 	proto   protocol.ID
 	expires time.Time
 	timer   *time.Timer
+	weight  uint32 // from the latest request; at least 1
+	current int64  // smooth weighted round robin state
 }
 
 // pool is every route of one protocol.
@@ -128,6 +135,7 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 			r.timer.Reset(ttl)
 		}
 		r.expires = now.Add(ttl)
+		r.weight = max(req.GetWeight(), 1)
 		touched[proto] = true
 	}
 	for _, s := range req.GetRelease() {
@@ -258,25 +266,38 @@ func (b *Balancer) setConnected(p peer.ID, connected bool) {
 	}
 }
 
-// candidates returns the connected backends serving proto, the least busy
-// first; ties are rotated so that an idle pool still spreads new streams.
-func (b *Balancer) candidates(proto protocol.ID) []*backendState {
+// candidates returns the connected backends serving proto in the order to
+// offer them a stream from remote: the pool's policy orders the healthy
+// ones, ejected ones follow (offered only when every healthy one failed),
+// and backends at their StreamsPerBackend cap are left out.
+func (b *Balancer) candidates(proto protocol.ID, remote peer.ID) []member {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	pl := b.pools[proto]
 	if pl == nil {
 		return nil
 	}
-	out := make([]*backendState, 0, len(pl.routes))
-	n := len(pl.routes)
-	start := int(pl.next % uint64(n))
-	pl.next++
-	for i := range n {
-		r := pl.routes[(start+i)%n]
-		if r.backend.connected {
-			out = append(out, r.backend)
+	now := time.Now()
+	limit := int64(b.cfg.limits.StreamsPerBackend)
+	healthy := make([]member, 0, len(pl.routes))
+	var ejected []member
+	for _, r := range pl.routes {
+		be := r.backend
+		if !be.connected {
+			continue
+		}
+		m := member{r: r, active: be.active.Load()}
+		if limit > 0 && m.active >= limit {
+			continue
+		}
+		if be.health.ejected(now) {
+			ejected = append(ejected, m)
+		} else {
+			healthy = append(healthy, m)
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].active.Load() < out[j].active.Load() })
-	return out
+	policy := b.cfg.policyFor(proto)
+	pl.order(policy, healthy, remote)
+	pl.order(policy, ejected, remote)
+	return append(healthy, ejected...)
 }

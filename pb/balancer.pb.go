@@ -94,10 +94,14 @@ func (Status) EnumDescriptor() ([]byte, []int) {
 }
 
 type RoutingRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Protocols     []string               `protobuf:"bytes,1,rep,name=protocols,proto3" json:"protocols,omitempty"`                      // protocols to route to the sender: adds them, or extends them if already routed
-	TtlSeconds    uint32                 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"` // requested lifetime; 0 asks for the balancer's default; the balancer may grant less
-	Release       []string               `protobuf:"bytes,3,rep,name=release,proto3" json:"release,omitempty"`                          // protocols to stop routing to the sender at once
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Protocols  []string               `protobuf:"bytes,1,rep,name=protocols,proto3" json:"protocols,omitempty"`                      // protocols to route to the sender: adds them, or extends them if already routed
+	TtlSeconds uint32                 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"` // requested lifetime; 0 asks for the balancer's default; the balancer may grant less
+	Release    []string               `protobuf:"bytes,3,rep,name=release,proto3" json:"release,omitempty"`                          // protocols to stop routing to the sender at once
+	// Added in r1 (issue 4). The sender's share of new streams, relative to the
+	// other backends of each pool, for the protocols of this request under the
+	// weighted strategy; 0 means 1. Ignored by the other strategies.
+	Weight        uint32 `protobuf:"varint,4,opt,name=weight,proto3" json:"weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -151,6 +155,13 @@ func (x *RoutingRequest) GetRelease() []string {
 		return x.Release
 	}
 	return nil
+}
+
+func (x *RoutingRequest) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
 }
 
 type RoutingResponse struct {
@@ -345,12 +356,13 @@ var File_balancer_proto protoreflect.FileDescriptor
 
 const file_balancer_proto_rawDesc = "" +
 	"\n" +
-	"\x0ebalancer.proto\x12\vbalancer.pb\"i\n" +
+	"\x0ebalancer.proto\x12\vbalancer.pb\"\x81\x01\n" +
 	"\x0eRoutingRequest\x12\x1c\n" +
 	"\tprotocols\x18\x01 \x03(\tR\tprotocols\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\rR\n" +
 	"ttlSeconds\x12\x18\n" +
-	"\arelease\x18\x03 \x03(\tR\arelease\"\x91\x01\n" +
+	"\arelease\x18\x03 \x03(\tR\arelease\x12\x16\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\"\x91\x01\n" +
 	"\x0fRoutingResponse\x12+\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x13.balancer.pb.StatusR\x06status\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\rR\n" +

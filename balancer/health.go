@@ -1,0 +1,65 @@
+package balancer
+
+import (
+	"time"
+)
+
+// Health configures passive health checking, modelled on Envoy's outlier
+// detection: a backend that fails ConsecutiveFailures forward handshakes in
+// a row (refused, timed out, or the stream could not be opened) is ejected
+// from all its pools for BaseEjection times the number of times it was
+// ejected, at most MaxEjection. An ejected backend is offered a stream only
+// when every healthy backend of the pool failed it ("panic routing", so that
+// a pool whose backends all look unhealthy still serves). The first success
+// after an ejection lowers the multiplier by one.
+type Health struct {
+	// ConsecutiveFailures before an ejection. Default 5; 0 turns ejection
+	// off.
+	ConsecutiveFailures int
+	// BaseEjection is the first ejection's length. Default 10 s.
+	BaseEjection time.Duration
+	// MaxEjection caps an ejection's length. Default 5 min.
+	MaxEjection time.Duration
+}
+
+// DefaultHealth returns the Health a Balancer has unless WithHealth says
+// otherwise.
+func DefaultHealth() Health {
+	return Health{ConsecutiveFailures: 5, BaseEjection: 10 * time.Second, MaxEjection: 5 * time.Minute}
+}
+
+// healthState is one backend's passive health. Guarded by Balancer.mu.
+type healthState struct {
+	failures     int
+	ejections    int
+	ejectedUntil time.Time
+}
+
+func (h *healthState) ejected(now time.Time) bool { return now.Before(h.ejectedUntil) }
+
+// recordOutcome updates be's health after a forward handshake. Returns true
+// when this failure ejected the backend.
+func (b *Balancer) recordOutcome(be *backendState, ok bool) (ejected bool, until time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := &be.health
+	if ok {
+		if h.failures > 0 || h.ejections > 0 {
+			h.failures = 0
+			if !h.ejected(time.Now()) && h.ejections > 0 {
+				h.ejections--
+			}
+		}
+		return false, 0
+	}
+	cfg := b.cfg.health
+	h.failures++
+	if cfg.ConsecutiveFailures <= 0 || h.failures < cfg.ConsecutiveFailures {
+		return false, 0
+	}
+	h.failures = 0
+	h.ejections++
+	d := min(cfg.BaseEjection*time.Duration(h.ejections), cfg.MaxEjection)
+	h.ejectedUntil = time.Now().Add(d)
+	return true, d
+}

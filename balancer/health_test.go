@@ -1,0 +1,146 @@
+package balancer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+)
+
+// TestEjectionAndReturn: a backend that fails its handshakes is ejected
+// after three failures in a row, is not offered streams while ejected, and
+// is offered streams again when the ejection ends.
+func TestEjectionAndReturn(t *testing.T) {
+	good, bad := newIdentity(t), newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{good, bad},
+		balancer.WithHealth(balancer.Health{ConsecutiveFailures: 3, BaseEjection: 3 * time.Second, MaxEjection: 10 * time.Second}))
+	offered := scriptedBackend(t, f, bad, pooled, &pb.ForwardResponse{Status: pb.Status_REJECTED, Text: "broken"})
+	var served atomic.Int64
+	be, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+	waitRegistered(t, be, pooled)
+	d := f.newPeer()
+	waitServed(t, d, f.host.ID(), true, pooled)
+
+	// Streams until the bad backend has failed three times.
+	for offered.Load() < 3 {
+		openAndEcho(t, d, f.host.ID(), pooled, []byte("x"))
+	}
+	ejectedAt := time.Now()
+	before := offered.Load()
+	for i := 0; i < 20; i++ {
+		openAndEcho(t, d, f.host.ID(), pooled, []byte("y"))
+	}
+	if took := time.Since(ejectedAt); took >= 3*time.Second {
+		t.Fatalf("20 streams took %v, longer than the ejection: cannot tell", took)
+	}
+	if offered.Load() != before {
+		t.Fatalf("an ejected backend was offered %d streams", offered.Load()-before)
+	}
+	// After the ejection it is tried again.
+	testnet.Eventually(t, 10*time.Second, func() bool {
+		openAndEcho(t, d, f.host.ID(), pooled, []byte("z"))
+		return offered.Load() > before
+	}, "ejected backend offered a stream again")
+}
+
+// TestFailoverEveryByte: in a pool where one backend refuses, one hangs past
+// the handshake deadline and one is disconnected mid-run, every stream's
+// bytes arrive intact; only streams that the killed backend had already
+// accepted are reset, and they succeed when opened again.
+func TestFailoverEveryByte(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		good, refusing, hanging, doomed := newIdentity(t), newIdentity(t), newIdentity(t), newIdentity(t)
+		f := newFixture(t, tr, []identity{good, refusing, hanging, doomed}, balancer.WithHandshakeTimeout(200*time.Millisecond))
+		scriptedBackend(t, f, refusing, pooled, &pb.ForwardResponse{Status: pb.Status_REJECTED})
+		scriptedBackend(t, f, hanging, pooled, nil)
+		var servedGood, servedDoomed atomic.Int64
+		bg, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&servedGood)})
+		bd, dh := f.newBackend(doomed, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&servedDoomed)})
+		waitRegistered(t, bg, pooled)
+		waitRegistered(t, bd, pooled)
+		d := f.newPeer()
+		waitServed(t, d, f.host.ID(), true, pooled)
+
+		const n, workers = 200, 4
+		var next, done, retries atomic.Int64
+		var kill sync.Once
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := next.Add(1) - 1
+					if i >= n {
+						return
+					}
+					if i == n/2 {
+						kill.Do(func() { dh.Close() })
+					}
+					payload := []byte(fmt.Sprintf("%d:%s", i, make([]byte, 4096)))
+					err := echoOnce(d, f, pooled, payload)
+					if err != nil {
+						var se *network.StreamError
+						if !errors.As(err, &se) {
+							errs <- fmt.Errorf("stream %d: %w", i, err)
+							return
+						}
+						retries.Add(1)
+						if err = echoOnce(d, f, pooled, payload); err != nil {
+							errs <- fmt.Errorf("stream %d, opened again: %w", i, err)
+							return
+						}
+					}
+					done.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if done.Load() != n {
+			t.Fatalf("%d of %d streams verified", done.Load(), n)
+		}
+		if retries.Load() > workers {
+			t.Fatalf("%d streams were reset; at most the %d in flight when the backend died may be", retries.Load(), workers)
+		}
+		if servedDoomed.Load() == 0 {
+			t.Fatal("the doomed backend served nothing before it died")
+		}
+	})
+}
+
+// TestHangingHandshakeCut: a backend that never answers holds a stream
+// only until the handshake deadline.
+func TestHangingHandshakeCut(t *testing.T) {
+	hanging := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{hanging}, balancer.WithHandshakeTimeout(300*time.Millisecond))
+	scriptedBackend(t, f, hanging, pooled, nil)
+	d := f.newPeer()
+	waitServed(t, d, f.host.ID(), true, pooled)
+	start := time.Now()
+	err := echoOnce(d, f, pooled, []byte("x"))
+	if err == nil {
+		t.Fatal("a stream to a backend that never answers succeeded")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the stream was cut after %v, not at the 300 ms handshake deadline", took)
+	}
+	var ctxErr error = context.DeadlineExceeded
+	if errors.Is(err, ctxErr) {
+		t.Fatalf("the client timed out instead of seeing a reset: %v", err)
+	}
+}

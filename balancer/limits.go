@@ -1,0 +1,158 @@
+package balancer
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Limits bound the work one backend, one remote peer or the whole balancer
+// can cause. A zero field means no limit of that kind (the host's resource
+// manager still applies). Each limit refuses with its own reason: a backend
+// gets RESOURCE_LIMIT_EXCEEDED with a text naming the limit, a remote peer's
+// stream is reset with go-libp2p's "resource limit exceeded" stream error
+// code, and the balancer logs one line naming the limit.
+type Limits struct {
+	// ProtocolsPerRequest caps the protocols (added plus released) in one
+	// RoutingRequest, and the protocols of one outbound request.
+	// Default 1024.
+	ProtocolsPerRequest int
+	// RoutesPerBackend caps the protocols routed to one backend.
+	// Default 4096.
+	RoutesPerBackend int
+	// Streams caps the forwarded streams in flight, both directions, on the
+	// whole balancer. Default 0.
+	Streams int
+	// StreamsPerBackend caps the forwarded streams in flight to and from
+	// one backend; a backend at its cap is passed over for new inbound
+	// streams. Default 0.
+	StreamsPerBackend int
+	// OutboundPerBackend caps the outbound streams in flight of one
+	// backend. Default 0.
+	OutboundPerBackend int
+	// StreamsPerPeer caps the inbound streams in flight from one remote
+	// peer. Default 0.
+	StreamsPerPeer int
+	// NewStreamsPerSecondPerPeer caps the rate of new inbound streams from
+	// one remote peer (a token bucket with a burst of one second's worth).
+	// Default 0.
+	NewStreamsPerSecondPerPeer float64
+}
+
+// DefaultLimits returns the limits a Balancer has unless WithLimits says
+// otherwise.
+func DefaultLimits() Limits {
+	return Limits{ProtocolsPerRequest: 1024, RoutesPerBackend: 4096}
+}
+
+// admission counts streams against the balancer-wide and per-remote-peer
+// limits.
+type admission struct {
+	mu     sync.Mutex
+	limits Limits
+	total  int
+	peers  map[peer.ID]*peerUse
+}
+
+// peerUse is one remote peer's share: its inbound streams in flight and its
+// token bucket.
+type peerUse struct {
+	active int
+	tokens float64
+	last   time.Time
+}
+
+// refusal is a limit refusing a remote peer's stream: the stream error code
+// its reset carries, and the reason that is logged.
+type refusal struct {
+	code network.StreamErrorCode
+	msg  string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+func limited(format string, args ...any) *refusal {
+	return &refusal{network.StreamResourceLimitExceeded, fmt.Sprintf(format, args...)}
+}
+
+// admitInbound takes a slot for a new inbound stream from remote, or says
+// which limit refuses it.
+func (a *admission) admitInbound(remote peer.ID) *refusal {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l := a.limits
+	if l.Streams > 0 && a.total >= l.Streams {
+		return limited("balancer-wide limit of %d streams reached", l.Streams)
+	}
+	u := a.peers[remote]
+	if u == nil {
+		u = &peerUse{tokens: l.NewStreamsPerSecondPerPeer, last: time.Now()}
+		a.peers[remote] = u
+	}
+	if l.StreamsPerPeer > 0 && u.active >= l.StreamsPerPeer {
+		return limited("per-peer limit of %d streams reached", l.StreamsPerPeer)
+	}
+	if rate := l.NewStreamsPerSecondPerPeer; rate > 0 {
+		now := time.Now()
+		u.tokens = min(rate, u.tokens+rate*now.Sub(u.last).Seconds())
+		u.last = now
+		if u.tokens < 1 {
+			return &refusal{network.StreamRateLimited, fmt.Sprintf("per-peer rate of %g new streams per second exceeded", rate)}
+		}
+		u.tokens--
+	}
+	u.active++
+	a.total++
+	return nil
+}
+
+func (a *admission) releaseInbound(remote peer.ID) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.total--
+	if u := a.peers[remote]; u != nil {
+		u.active--
+		a.forget(remote, u, time.Now())
+	}
+}
+
+// admitOutbound takes a balancer-wide slot for an outbound stream.
+func (a *admission) admitOutbound() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.limits.Streams > 0 && a.total >= a.limits.Streams {
+		return fmt.Errorf("balancer-wide limit of %d streams reached", a.limits.Streams)
+	}
+	a.total++
+	return nil
+}
+
+func (a *admission) releaseOutbound() {
+	a.mu.Lock()
+	a.total--
+	a.mu.Unlock()
+}
+
+// forget drops a remote peer's entry once it has nothing in flight and a
+// full bucket, so that the map holds only peers that are active now.
+// Called with a.mu held.
+func (a *admission) forget(p peer.ID, u *peerUse, now time.Time) {
+	rate := a.limits.NewStreamsPerSecondPerPeer
+	if u.active == 0 && (rate <= 0 || u.tokens+rate*now.Sub(u.last).Seconds() >= rate) {
+		delete(a.peers, p)
+	}
+}
+
+// sweep forgets idle peers whose bucket has refilled since their last
+// stream ended.
+func (a *admission) sweep() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	for p, u := range a.peers {
+		a.forget(p, u, now)
+	}
+}
