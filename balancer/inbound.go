@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/pipe"
@@ -26,6 +27,7 @@ func (b *Balancer) handleInbound(s network.Stream) {
 	remote := s.Conn().RemotePeer()
 	if r := b.admission.admitInbound(remote); r != nil {
 		b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", r.msg)
+		b.cfg.tracer.StreamRefused(Inbound, proto, r.kind)
 		s.ResetWithError(r.code)
 		return
 	}
@@ -38,23 +40,28 @@ func (b *Balancer) handleInbound(s network.Stream) {
 	cands := b.candidates(proto, remote)
 	for _, m := range cands {
 		be := m.r.backend
+		start := time.Now()
 		bs, err := b.offer(be, fwd)
 		if ejected, d := b.recordOutcome(be, err == nil); ejected {
 			b.log.Warn("backend ejected", "backend", be.id, "for", d, "after", err)
+			b.cfg.tracer.BackendEjected(be.id, d)
 		}
 		if err != nil {
 			b.log.Debug("backend did not take stream", "backend", be.id, "protocol", proto, "peer", remote, "err", err)
 			continue
 		}
-		b.carry(be, s, bs)
+		b.cfg.tracer.StreamAccepted(Inbound, proto, be.id, time.Since(start))
+		b.carry(Inbound, proto, be, s, bs)
 		return
 	}
 	if len(cands) == 0 {
 		b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend available")
+		b.cfg.tracer.StreamRefused(Inbound, proto, "no backend")
 		s.ResetWithError(network.StreamResourceLimitExceeded)
 		return
 	}
 	b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend accepted", "tried", len(cands))
+	b.cfg.tracer.StreamRefused(Inbound, proto, "refused by backends")
 	s.Reset()
 }
 
@@ -91,15 +98,29 @@ func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, err
 	return bs, nil
 }
 
-// carry forwards bytes between a and bs until both are done, counting the
-// stream against backend be while it lasts.
-func (b *Balancer) carry(be *backendState, a, bs network.Stream) {
-	p := &pair{a: a, b: bs}
+// carry forwards bytes between the remote side of a stream (the remote peer
+// for inbound, the target for outbound) and the backend side until both are
+// done, counting the stream against backend be while it lasts.
+func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, remote, backendSide network.Stream) {
+	p := &pair{a: remote, b: backendSide}
 	b.active.add(p)
 	be.active.Add(1)
 	defer func() {
 		be.active.Add(-1)
 		b.active.remove(p)
 	}()
-	pipe.Join(a, bs, &pipe.Config{IdleTimeout: b.cfg.idleTimeout})
+	tr := b.cfg.tracer
+	res := pipe.Join(remote, backendSide, &pipe.Config{
+		IdleTimeout: b.cfg.idleTimeout,
+		Progress: func(d pipe.Direction, n int) {
+			toBackend := d == pipe.AToB
+			if toBackend {
+				be.bytesTo.Add(int64(n))
+			} else {
+				be.bytesFrom.Add(int64(n))
+			}
+			tr.BytesForwarded(dir, toBackend, n)
+		},
+	})
+	tr.StreamEnded(dir, proto, be.id, res.AToB, res.BToA, res.Err == nil)
 }

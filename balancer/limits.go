@@ -69,13 +69,14 @@ type peerUse struct {
 // its reset carries, and the reason that is logged.
 type refusal struct {
 	code network.StreamErrorCode
+	kind string // "limit" or "rate", for metrics
 	msg  string
 }
 
 func (r *refusal) Error() string { return r.msg }
 
 func limited(format string, args ...any) *refusal {
-	return &refusal{network.StreamResourceLimitExceeded, fmt.Sprintf(format, args...)}
+	return &refusal{network.StreamResourceLimitExceeded, "limit", fmt.Sprintf(format, args...)}
 }
 
 // admitInbound takes a slot for a new inbound stream from remote, or says
@@ -100,7 +101,7 @@ func (a *admission) admitInbound(remote peer.ID) *refusal {
 		u.tokens = min(rate, u.tokens+rate*now.Sub(u.last).Seconds())
 		u.last = now
 		if u.tokens < 1 {
-			return &refusal{network.StreamRateLimited, fmt.Sprintf("per-peer rate of %g new streams per second exceeded", rate)}
+			return &refusal{network.StreamRateLimited, "rate", fmt.Sprintf("per-peer rate of %g new streams per second exceeded", rate)}
 		}
 		u.tokens--
 	}

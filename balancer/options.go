@@ -21,6 +21,7 @@ type config struct {
 	limits           Limits
 	health           Health
 	policies         []policyRule
+	tracer           Tracer
 	log              *slog.Logger
 }
 
@@ -33,6 +34,7 @@ func defaultConfig() config {
 		dialTimeout:      15 * time.Second,
 		limits:           DefaultLimits(),
 		health:           DefaultHealth(),
+		tracer:           nopTracer{},
 		log:              slog.Default(),
 	}
 }

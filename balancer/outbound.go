@@ -28,6 +28,7 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		// Answer without reading: the balancer is no open proxy, and a
 		// stranger costs one small write.
 		b.log.Info("outbound stream refused", "peer", from, "status", pb.Status_PERMISSION_DENIED)
+		b.cfg.tracer.StreamRefused(Outbound, "", pb.Status_PERMISSION_DENIED.String())
 		wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
 		return
 	}
@@ -51,6 +52,7 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		defer b.releaseOutbound(be)
 		_ = s.SetDeadline(time.Now().Add(b.cfg.dialTimeout))
 		var ts network.Stream
+		start := time.Now()
 		ts, serr = b.openTarget(target, addrs, protos)
 		if serr == nil {
 			ok := &pb.ForwardResponse{Status: pb.Status_OK, Protocol: string(ts.Protocol())}
@@ -60,11 +62,17 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 				return
 			}
 			_ = s.SetDeadline(time.Time{})
-			b.carry(be, s, ts)
+			b.cfg.tracer.StreamAccepted(Outbound, ts.Protocol(), from, time.Since(start))
+			b.carry(Outbound, ts.Protocol(), be, ts, s)
 			return
 		}
 	}
 	b.log.Info("outbound stream refused", "backend", from, "target", target, "status", serr.Status, "reason", serr.Text)
+	var first protocol.ID
+	if len(protos) > 0 {
+		first = protos[0]
+	}
+	b.cfg.tracer.StreamRefused(Outbound, first, serr.Status.String())
 	wire.WriteFinal(s, &pb.ForwardResponse{Status: serr.Status, Text: serr.Text})
 }
 

@@ -29,6 +29,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 	if !b.cfg.acl.isBackend(p) {
 		// Answer without reading: a stranger costs one small write.
 		b.log.Info("registration refused", "peer", p, "status", pb.Status_PERMISSION_DENIED)
+		b.cfg.tracer.RegistrationHandled(p, pb.Status_PERMISSION_DENIED)
 		wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
 		return
 	}
@@ -39,6 +40,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		if err := r.ReadMsg(&req); err != nil {
 			if errors.Is(err, wire.ErrMalformed) {
 				b.log.Info("malformed routing request", "backend", p, "err", err)
+				b.cfg.tracer.RegistrationHandled(p, pb.Status_MALFORMED_MESSAGE)
 				wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
 				return
 			}
@@ -53,6 +55,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		if resp == nil {
 			resp = b.apply(p, &req)
 		}
+		b.cfg.tracer.RegistrationHandled(p, resp.Status)
 		if resp.Status != pb.Status_OK {
 			b.log.Info("registration refused", "backend", p, "status", resp.Status, "reason", resp.Text)
 		}

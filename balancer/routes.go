@@ -28,7 +28,10 @@ type backendState struct {
 	// outbound counts this backend's outbound streams in flight, for
 	// OutboundPerBackend.
 	outbound atomic.Int64
-	health   healthState
+	// bytesTo and bytesFrom count bytes forwarded to and from this
+	// backend, both directions of stream.
+	bytesTo, bytesFrom atomic.Int64
+	health             healthState
 }
 
 // route is one protocol routed to one backend.
@@ -150,6 +153,7 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 	}
 	// One line per change of the route set, none per extension.
 	if len(added) > 0 || len(released) > 0 {
+		b.traceRoutes()
 		b.log.Info("routes changed", "backend", p, "added", added, "released", released, "ttl", ttl, "routes", len(be.routes))
 	}
 	resp := &pb.RoutingResponse{Status: pb.Status_OK, Protocols: be.protocols()}
@@ -208,6 +212,7 @@ func (b *Balancer) expire(r *route) {
 	}
 	b.removeRoute(r)
 	b.refresh(r.proto)
+	b.traceRoutes()
 	b.log.Info("route expired", "backend", r.backend.id, "protocol", r.proto)
 }
 
@@ -300,4 +305,16 @@ func (b *Balancer) candidates(proto protocol.ID, remote peer.ID) []member {
 	pl.order(policy, healthy, remote)
 	pl.order(policy, ejected, remote)
 	return append(healthy, ejected...)
+}
+
+// traceRoutes reports the size of the route table. Called with b.mu held.
+func (b *Balancer) traceRoutes() {
+	routes, backends := 0, 0
+	for _, be := range b.backends {
+		if len(be.routes) > 0 {
+			routes += len(be.routes)
+			backends++
+		}
+	}
+	b.cfg.tracer.RoutesChanged(routes, backends)
 }
