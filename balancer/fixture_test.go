@@ -26,7 +26,7 @@ import (
 // fixture is a balancer on a real host, with the identities of the backends
 // it allows.
 type fixture struct {
-	t    *testing.T
+	t    testing.TB
 	tr   testnet.Transport
 	host host.Host
 	lb   *balancer.Balancer
@@ -37,7 +37,7 @@ type identity struct {
 	id  peer.ID
 }
 
-func newIdentity(t *testing.T) identity {
+func newIdentity(t testing.TB) identity {
 	k, id := testnet.Key(t)
 	return identity{k, id}
 }
@@ -45,7 +45,7 @@ func newIdentity(t *testing.T) identity {
 // newFixture starts a balancer whose host has ping disabled (so that ping
 // can be routed) and allows the given backends any protocol unless opts say
 // otherwise.
-func newFixture(t *testing.T, tr testnet.Transport, allowed []identity, opts ...balancer.Option) *fixture {
+func newFixture(t testing.TB, tr testnet.Transport, allowed []identity, opts ...balancer.Option) *fixture {
 	t.Helper()
 	var ids []peer.ID
 	for _, a := range allowed {
@@ -90,7 +90,7 @@ func (f *fixture) newPeer() host.Host {
 
 // waitServed polls d's identify view of the balancer until every protocol
 // in protos is present (served true) or absent (served false).
-func waitServed(t *testing.T, d host.Host, lb peer.ID, served bool, protos ...protocol.ID) {
+func waitServed(t testing.TB, d host.Host, lb peer.ID, served bool, protos ...protocol.ID) {
 	t.Helper()
 	testnet.Eventually(t, 10*time.Second, func() bool {
 		have, _ := d.Peerstore().GetProtocols(lb)
@@ -152,7 +152,7 @@ func randomBytes(t *testing.T, n int) []byte {
 
 // rawRequest sends one RoutingRequest from h as a scripted peer and returns
 // the response.
-func rawRequest(t *testing.T, h host.Host, lb peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse {
+func rawRequest(t testing.TB, h host.Host, lb peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -180,7 +180,7 @@ func eachTransport(t *testing.T, f func(t *testing.T, tr testnet.Transport)) {
 }
 
 // waitRegistered polls until be's first balancer has granted protos.
-func waitRegistered(t *testing.T, be *backend.Backend, protos ...protocol.ID) {
+func waitRegistered(t testing.TB, be *backend.Backend, protos ...protocol.ID) {
 	t.Helper()
 	testnet.Eventually(t, 10*time.Second, func() bool {
 		st := be.Status()[0]
