@@ -55,6 +55,10 @@ type Options struct {
 	LinkPeers []peer.ID
 	// NoListen makes a host that only dials.
 	NoListen bool
+	// Unlimited gives the host a resource manager with no limits, for a
+	// remote peer that receives every backend's outbound streams from the
+	// one balancer peer.
+	Unlimited bool
 	// Extra libp2p options, applied last.
 	Extra []libp2p.Option
 }
@@ -67,7 +71,11 @@ func NewHost(t testing.TB, tr Transport, o Options) host.Host {
 	}
 	limits := rcmgr.DefaultLimits
 	wire.AddLimits(&limits, o.LinkPeers...)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	limiter := rcmgr.NewFixedLimiter(limits.AutoScale())
+	if o.Unlimited {
+		limiter = rcmgr.NewFixedLimiter(rcmgr.InfiniteLimits)
+	}
+	rm, err := rcmgr.NewResourceManager(limiter)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,363 @@
+// Package soak_test holds the soak test: many forwarded streams in both
+// directions, with random sizes and a hash check on every payload, while
+// routes register, expire and fail over and backends are replaced. Its
+// short form runs in CI; set BALANCER_SOAK to a duration (for example 5m)
+// for a long run.
+package soak_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"go.uber.org/goleak"
+
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+const (
+	inProto  protocol.ID = "/soak/echo"
+	outProto protocol.ID = "/soak/target"
+)
+
+// echo answers with what it read, after the writer's half-close.
+func echo(s network.Stream) {
+	defer s.Close()
+	if _, err := io.Copy(s, s); err != nil {
+		s.Reset()
+	}
+}
+
+// exchange writes payload on s, half-closes, and checks that exactly the
+// same bytes come back (by SHA-256: no byte lost, duplicated, reordered or
+// corrupted).
+func exchange(s network.Stream, payload []byte) error {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(60 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Write(payload)
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, s)
+	if werr := <-errc; werr != nil {
+		return fmt.Errorf("write: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w", n, err)
+	}
+	want := sha256.Sum256(payload)
+	if n != int64(len(payload)) || !bytes.Equal(h.Sum(nil), want[:]) {
+		return fmt.Errorf("echo of %d bytes came back as %d bytes with another hash", len(payload), n)
+	}
+	return nil
+}
+
+func TestSoak(t *testing.T) {
+	duration := 8 * time.Second
+	concurrency := 200
+	if v := os.Getenv("BALANCER_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("BALANCER_SOAK=%q: %v", v, err)
+		}
+		duration, concurrency = d, 1000
+	}
+	// Registered first, so it runs after every other cleanup has closed
+	// its hosts.
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	var baseline runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&baseline)
+
+	stats := run(t, duration, concurrency)
+	t.Logf("%d inbound and %d outbound streams verified, %d MiB each way; %d offers refused by the failing backend; %d backends replaced",
+		stats.in.Load(), stats.out.Load(), stats.bytes.Load()>>20, stats.refusals.Load(), stats.replaced.Load())
+	if stats.in.Load() == 0 || stats.out.Load() == 0 || stats.refusals.Load() == 0 || stats.replaced.Load() == 0 {
+		t.Fatalf("the soak did not exercise everything: %+v", stats)
+	}
+
+	// Everything is closed: the heap must come back near where it started.
+	var after runtime.MemStats
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if after.HeapInuse < baseline.HeapInuse+32<<20 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after.HeapInuse > baseline.HeapInuse+32<<20 {
+		t.Fatalf("heap in use %d MiB after the soak, %d MiB before", after.HeapInuse>>20, baseline.HeapInuse>>20)
+	}
+}
+
+type soakStats struct {
+	in, out, bytes, refusals, replaced atomic.Int64
+}
+
+// run builds the network, runs the load and the churn for d, and closes
+// everything before it returns.
+func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	stats := &soakStats{}
+
+	var ids []peer.ID
+	var backendKeys []testnetKey
+	for i := 0; i < 12; i++ {
+		k, id := testnet.Key(t)
+		backendKeys = append(backendKeys, testnetKey{k, id})
+		ids = append(ids, id)
+	}
+	refusingKey, refusingID := testnet.Key(t)
+	expiringKey, expiringID := testnet.Key(t)
+	ids = append(ids, refusingID, expiringID)
+
+	lbHost := testnet.NewHost(t, testnet.TCP, testnet.Options{LinkPeers: ids, Extra: []libp2p.Option{libp2p.Ping(false)}})
+	var opts []balancer.Option
+	for _, id := range ids {
+		opts = append(opts, balancer.WithAllow(id))
+	}
+	opts = append(opts, balancer.WithHandshakeTimeout(2*time.Second),
+		balancer.WithHealth(balancer.Health{}), // no ejection: keep the refusing backend in play
+		balancer.WithTTL(time.Second, time.Minute))
+	lb, err := balancer.New(lbHost, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	lbInfo := testnet.Info(lbHost)
+
+	// E, the outbound target, and the remote peers D.
+	// E receives every backend's outbound streams from the one balancer
+	// peer, so its per-peer limits apply to their sum.
+	e := testnet.NewHost(t, testnet.TCP, testnet.Options{Unlimited: true})
+	e.SetStreamHandler(outProto, echo)
+	var ds []host.Host
+	for i := 0; i < 4; i++ {
+		d := testnet.NewHost(t, testnet.TCP, testnet.Options{LinkPeers: []peer.ID{lbHost.ID()}})
+		testnet.Connect(t, d, lbHost)
+		ds = append(ds, d)
+	}
+
+	// A backend that refuses every stream: failover on every offer to it.
+	refusing := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: refusingKey, LinkPeers: []peer.ID{lbHost.ID()}, NoListen: true})
+	refusing.SetStreamHandler(wire.ForwardID, func(s network.Stream) {
+		stats.refusals.Add(1)
+		var req pb.Forward
+		if err := wire.NewReader(s).ReadMsg(&req); err != nil {
+			s.Reset()
+			return
+		}
+		wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_REJECTED, Text: "soak: always refuses"})
+	})
+	testnet.Connect(t, refusing, lbHost)
+
+	// Backends: a pool of three live ones at any time, replaced by
+	// draining one and starting another.
+	// inUse keeps a backend from being drained while a worker is opening
+	// an outbound stream through it.
+	type live struct {
+		be    *backend.Backend
+		h     host.Host
+		inUse *sync.RWMutex
+	}
+	var mu sync.Mutex
+	var pool []live
+	next := 0
+	start := func() {
+		k := backendKeys[next%len(backendKeys)]
+		next++
+		h := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: k.key, LinkPeers: []peer.ID{lbHost.ID()}, NoListen: true})
+		h.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
+		be, err := backend.New(h, []peer.AddrInfo{lbInfo}, backend.WithTTL(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		be.SetStreamHandler(inProto, echo)
+		testnet.Eventually(t, 10*time.Second, func() bool { return registered(be) }, "backend registered")
+		mu.Lock()
+		pool = append(pool, live{be, h, new(sync.RWMutex)})
+		mu.Unlock()
+	}
+	for i := 0; i < 3; i++ {
+		start()
+	}
+	rawRegister(t, refusing, lbHost.ID(), inProto, 60)
+
+	// The load: concurrency workers, half inbound, half outbound.
+	var wg sync.WaitGroup
+	errs := make(chan error, concurrency)
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			for ctx.Err() == nil {
+				size := rng.IntN(64 << 10)
+				if rng.IntN(16) == 0 {
+					size = rng.IntN(1 << 20)
+				}
+				payload := make([]byte, size)
+				for i := range payload {
+					payload[i] = byte(rng.Uint32())
+				}
+				var err error
+				if w%2 == 0 {
+					err = inbound(ds[w%len(ds)], lbHost.ID(), payload)
+					if err == nil {
+						stats.in.Add(1)
+					}
+				} else {
+					mu.Lock()
+					l := pool[w%len(pool)]
+					l.inUse.RLock()
+					mu.Unlock()
+					err = outbound(l.be, e.ID(), payload)
+					l.inUse.RUnlock()
+					if err == nil {
+						stats.out.Add(1)
+					}
+				}
+				if err != nil {
+					errs <- fmt.Errorf("worker %d: %w", w, err)
+					return
+				}
+				stats.bytes.Add(int64(size))
+			}
+		}()
+	}
+
+	// The churn: every so often a route registered with a 1 s TTL and never
+	// extended appears and expires, and the oldest backend is drained and
+	// replaced.
+	expiring := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: expiringKey, LinkPeers: []peer.ID{lbHost.ID()}, NoListen: true})
+	testnet.Connect(t, expiring, lbHost)
+	churn := time.NewTicker(d / 6)
+	defer churn.Stop()
+loop:
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errs:
+			cancel()
+			wg.Wait()
+			t.Fatal(err)
+		case <-churn.C:
+			rawRegister(t, expiring, lbHost.ID(), protocol.ID(fmt.Sprintf("/soak/expiring/%d", i)), 1)
+			start()
+			mu.Lock()
+			old := pool[0]
+			pool = pool[1:]
+			mu.Unlock()
+			old.inUse.Lock()
+			dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if err := old.be.Drain(dctx); err != nil {
+				t.Errorf("drain: %v", err)
+			}
+			dcancel()
+			old.h.Close()
+			stats.replaced.Add(1)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	for _, l := range pool {
+		l.be.Close()
+		l.h.Close()
+	}
+	mu.Unlock()
+	lb.Close()
+	for _, h := range append(ds, e, refusing, expiring, lbHost) {
+		h.Close()
+	}
+	return stats
+}
+
+type testnetKey struct {
+	key crypto.PrivKey
+	id  peer.ID
+}
+
+func registered(be *backend.Backend) bool {
+	for _, p := range be.Status()[0].Protocols {
+		if p == inProto {
+			return true
+		}
+	}
+	return false
+}
+
+func rawRegister(t *testing.T, h host.Host, lb peer.ID, proto protocol.ID, ttl uint32) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := h.NewStream(ctx, lb, wire.RoutingRequestID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := wire.WriteMsg(s, &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: ttl}); err != nil {
+		t.Fatal(err)
+	}
+	var resp pb.RoutingResponse
+	if err := wire.NewReader(s).ReadMsg(&resp); err != nil || resp.Status != pb.Status_OK {
+		t.Fatalf("register %s: %v %v", proto, &resp, err)
+	}
+}
+
+func inbound(d host.Host, lb peer.ID, payload []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := d.NewStream(ctx, lb, inProto)
+	if err != nil {
+		return fmt.Errorf("inbound open: %w", err)
+	}
+	if err := exchange(s, payload); err != nil {
+		return fmt.Errorf("inbound: %w", err)
+	}
+	return nil
+}
+
+func outbound(be *backend.Backend, e peer.ID, payload []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := be.NewStream(ctx, e, outProto)
+	if err != nil {
+		return fmt.Errorf("outbound open: %w", err)
+	}
+	if err := exchange(s, payload); err != nil {
+		return fmt.Errorf("outbound: %w", err)
+	}
+	return nil
+}
