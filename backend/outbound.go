@@ -72,7 +72,7 @@ func (b *Backend) orderedSessions() []*session {
 func (s *session) open(ctx context.Context, p peer.ID, pids []protocol.ID) (network.Stream, error) {
 	b := s.b
 	if b.h.Network().Connectedness(s.ai.ID) != network.Connected {
-		if err := b.h.Connect(ctx, s.ai); err != nil {
+		if err := s.connect(ctx); err != nil {
 			return nil, fmt.Errorf("backend: connecting to balancer %s: %w", s.ai.ID, err)
 		}
 	}

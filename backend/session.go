@@ -117,7 +117,7 @@ func (s *session) step() (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(s.b.ctx, s.b.cfg.handshakeTimeout)
 	defer cancel()
 	if s.b.h.Network().Connectedness(s.ai.ID) != network.Connected {
-		if err := s.b.h.Connect(ctx, s.ai); err != nil {
+		if err := s.connect(ctx); err != nil {
 			return 0, fmt.Errorf("connecting: %w", err)
 		}
 	}
@@ -254,4 +254,12 @@ func (b *Backend) Status() []Status {
 		out = append(out, s.snapshot())
 	}
 	return out
+}
+
+// connect dials the balancer. It bypasses the swarm's dial back-off: the
+// swarm refuses to redial an address for seconds after a failed dial, which
+// would delay re-registration after a balancer restart by as much, while the
+// session already backs off on its own terms.
+func (s *session) connect(ctx context.Context) error {
+	return s.b.h.Connect(network.WithForceDirectDial(ctx, "balancer link"), s.ai)
 }

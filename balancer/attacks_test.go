@@ -1,0 +1,228 @@
+package balancer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// TestCannotReleaseOthersRoutes: a backend's release names only its own
+// routes; another backend's route of the same protocol stays.
+func TestCannotReleaseOthersRoutes(t *testing.T) {
+	a, b := newIdentity(t), newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a, b})
+	lb := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lb}})
+	testnet.Connect(t, ah, f.host)
+	testnet.Connect(t, bh, f.host)
+	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/mine"}}); resp.Status != pb.Status_OK {
+		t.Fatal(resp)
+	}
+	if resp := rawRequest(t, bh, lb, &pb.RoutingRequest{Release: []string{"/mine"}}); resp.Status != pb.Status_OK || len(resp.Protocols) != 0 {
+		t.Fatalf("release of another backend's route: %v", resp)
+	}
+	routes := f.lb.Routes()
+	if len(routes) != 1 || routes[0].Backend != a.id || routes[0].Protocol != "/mine" {
+		t.Fatalf("routes after the foreign release: %+v", routes)
+	}
+}
+
+// TestBadRequests: each kind of bad input gets its documented status, and
+// the balancer keeps serving.
+func TestBadRequests(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a})
+	lb := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+	testnet.Connect(t, ah, f.host)
+
+	many := make([]string, 2000)
+	for i := range many {
+		many[i] = fmt.Sprintf("/p%d", i)
+	}
+	cases := []struct {
+		name   string
+		protos []string
+		want   pb.Status
+	}{
+		{"empty protocol ID", []string{""}, pb.Status_MALFORMED_MESSAGE},
+		{"no leading slash", []string{"abc"}, pb.Status_MALFORMED_MESSAGE},
+		{"control character", []string{"/a\nb"}, pb.Status_MALFORMED_MESSAGE},
+		{"non-ASCII", []string{"/é"}, pb.Status_MALFORMED_MESSAGE},
+		{"1025-byte protocol ID", []string{"/" + strings.Repeat("x", 1024)}, pb.Status_MALFORMED_MESSAGE},
+		{"2000 protocols, over the per-request limit", many, pb.Status_RESOURCE_LIMIT_EXCEEDED},
+	}
+	for _, c := range cases {
+		if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: c.protos}); resp.Status != c.want {
+			t.Errorf("%s: %v, want %v", c.name, resp.Status, c.want)
+		}
+	}
+
+	// Unknown fields (a newer backend) are ignored, not refused.
+	var raw []byte
+	raw = protowire.AppendTag(raw, 1, protowire.BytesType)
+	raw = protowire.AppendString(raw, "/known")
+	raw = protowire.AppendTag(raw, 99, protowire.BytesType)
+	raw = protowire.AppendString(raw, "a field from the future")
+	var framedRaw []byte
+	framedRaw = protowire.AppendVarint(framedRaw, uint64(len(raw)))
+	framedRaw = append(framedRaw, raw...)
+	s, err := ah.NewStream(context.Background(), lb, wire.RoutingRequestID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(framedRaw); err != nil {
+		t.Fatal(err)
+	}
+	var resp pb.RoutingResponse
+	if err := wire.NewReader(s).ReadMsg(&resp); err != nil || resp.Status != pb.Status_OK {
+		t.Fatalf("request with an unknown field: %v %v", &resp, err)
+	}
+	s.Close()
+
+	// Outbound: invalid target peer ID and address.
+	outbound := func(req *pb.Forward) pb.Status {
+		s, err := ah.NewStream(context.Background(), lb, wire.ForwardID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := wire.WriteMsg(s, req); err != nil {
+			t.Fatal(err)
+		}
+		var resp pb.ForwardResponse
+		if err := wire.NewReader(s).ReadMsg(&resp); err != nil {
+			t.Fatal(err)
+		}
+		return resp.Status
+	}
+	_, e := testnet.Key(t)
+	if st := outbound(&pb.Forward{Peer: []byte("not a peer id"), Protocols: []string{"/x"}}); st != pb.Status_MALFORMED_MESSAGE {
+		t.Errorf("invalid target peer ID: %v", st)
+	}
+	if st := outbound(&pb.Forward{Peer: []byte(e), Protocols: []string{"/x"}, Addrs: [][]byte{{0xff, 0xff}}}); st != pb.Status_MALFORMED_MESSAGE {
+		t.Errorf("invalid target address: %v", st)
+	}
+	if st := outbound(&pb.Forward{Peer: []byte(e)}); st != pb.Status_MALFORMED_MESSAGE {
+		t.Errorf("no protocol: %v", st)
+	}
+	if st := outbound(&pb.Forward{Peer: []byte(lb), Protocols: []string{"/x"}}); st != pb.Status_DIAL_FAILED {
+		t.Errorf("the balancer as target: %v", st)
+	}
+	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{}); resp.Status != pb.Status_OK || len(resp.Protocols) != 1 {
+		t.Fatalf("after the bad requests: %v", resp)
+	}
+}
+
+// TestHalfOpenHandshakes: many streams that open the balancer's protocols
+// and never send a byte are cut at the handshake deadline, and do not stop
+// a backend from registering or a remote peer from being served meanwhile.
+func TestHalfOpenHandshakes(t *testing.T) {
+	a, attacker := newIdentity(t), newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a, attacker}, balancer.WithHandshakeTimeout(500*time.Millisecond))
+	lb := f.host.ID()
+	xh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: attacker.key, LinkPeers: []peer.ID{lb}})
+	testnet.Connect(t, xh, f.host)
+	var streams []network.Stream
+	for i := 0; i < 100; i++ {
+		s, err := xh.NewStream(context.Background(), lb, wire.ForwardID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A length prefix and then nothing: the handler waits for a body
+		// that never comes.
+		if _, err := s.Write([]byte{5}); err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/served": echo})
+	waitRegistered(t, be, "/served")
+	d := f.newPeer()
+	waitServed(t, d, lb, true, "/served")
+	openAndEcho(t, d, lb, "/served", []byte("still served"))
+	// Every half-open stream ends, by the deadline, not by us.
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, s := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := s.Read(make([]byte, 1))
+			if err == nil || isTimeout(err) {
+				t.Errorf("half-open stream not cut: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("half-open streams cut after %v", took)
+	}
+}
+
+// TestStreamFlood: one remote peer flooding new streams is held by the rate
+// limit while another peer is served.
+func TestStreamFlood(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithLimits(balancer.Limits{NewStreamsPerSecondPerPeer: 20, StreamsPerPeer: 10}))
+	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/svc": echo})
+	waitRegistered(t, be, "/svc")
+	flooder, victim := f.newPeer(), f.newPeer()
+	waitServed(t, flooder, f.host.ID(), true, "/svc")
+	waitServed(t, victim, f.host.ID(), true, "/svc")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	limited := 0
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := echoOnce(flooder, f, "/svc", []byte("flood")); err != nil {
+					var se *network.StreamError
+					if errors.As(err, &se) {
+						mu.Lock()
+						limited++
+						mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+	for i := 0; i < 20; i++ {
+		if err := echoOnce(victim, f, "/svc", []byte("victim")); err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("the other peer was not served during the flood: %v", err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if limited == 0 {
+		t.Fatal("the flood was never limited")
+	}
+}
