@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/libp2p-balancer/libp2p-balancer/keyfile"
+	"github.com/libp2p-balancer/libp2p-balancer/sidecar"
+)
+
+var backendCmd = &command{
+	name:    "backend",
+	summary: "put local TCP services behind a balancer (sidecar)",
+	about: `Runs a backend sidecar: it registers protocols with one or more balancers
+and bridges every stream a balancer forwards on a protocol to a new TCP
+connection to that protocol's local service (--route). With
+--proxy-protocol each such connection starts with a PROXY protocol v2 header
+(as HAProxy, nginx and Envoy send) carrying the remote peer's IP and port and,
+in TLV 0xE0, its peer ID as text (TLV 0xE1: the libp2p protocol).
+
+--outbound opens a local TCP listener whose every connection is carried
+through a balancer as a stream to a remote peer, which sees the balancer's
+peer ID. The protocols follow the peer ID; a multiaddr before /p2p/ tells the
+balancer where to dial the peer:
+  --outbound 127.0.0.1:9000=12D3KooW.../chat/1.0.0,/chat/0.9.0
+  --outbound 127.0.0.1:9001=/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW.../chat/1.0.0
+On start it prints each outbound listener's address (host:port), one per line.
+
+Give every balancer instance its own --balancer, even when instances share a
+peer ID (one balancer scaled out): the sidecar registers with each. Commas
+separate several addresses of one instance. Registrations are renewed at half
+their TTL and restored by themselves after a balancer restarts.
+
+SIGINT or SIGTERM releases the routes, lets streams in flight finish for up
+to --drain-timeout, and exits 0.`,
+	flags: func(fs *flag.FlagSet) func([]string) int {
+		identity := fs.String("identity", "backend.key", "private key `PATH`, created (Ed25519, mode 0600) when missing;\nthe balancers allow its peer ID (see balancer id)")
+		balancers := newList()
+		fs.Var(balancers, "balancer", "balancer instance to register with: `MULTIADDR` ending in /p2p/PEER_ID,\nor several addresses of one instance joined by commas (repeatable)")
+		routes := newList()
+		fs.Var(routes, "route", "`PROTOCOL=HOST:PORT`: bridge streams on PROTOCOL to this TCP service (repeatable)")
+		outbound := newList()
+		fs.Var(outbound, "outbound", "`HOST:PORT=[MULTIADDR/p2p/]PEER_ID/PROTO[,/PROTO...]`: listen on HOST:PORT and carry\neach connection to PEER_ID on the first PROTO it accepts (repeatable)")
+		proxy := fs.Bool("proxy-protocol", false, "start each connection to a --route service with a PROXY protocol v2 header")
+		ttl := fs.Duration("ttl", 0, "route TTL to ask the balancers for (0: their default)")
+		drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long streams in flight may take to finish")
+		dialTimeout := fs.Duration("dial-timeout", sidecar.DefaultDialTimeout, "how long connecting to a --route service may take")
+		logLevel := fs.String("log-level", "info", "`LEVEL`: debug, info, warn or error")
+
+		return func(args []string) int {
+			if len(args) > 0 {
+				return fail("backend", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
+			}
+			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout}
+			if len(balancers.vals) == 0 {
+				return fail("backend", errors.New("--balancer: none given; name at least one balancer address"))
+			}
+			for _, s := range balancers.vals {
+				ai, err := sidecar.ParseBalancer(s)
+				if err != nil {
+					return fail("backend", err)
+				}
+				cfg.Balancers = append(cfg.Balancers, ai)
+			}
+			for _, s := range routes.vals {
+				r, err := sidecar.ParseRoute(s)
+				if err != nil {
+					return fail("backend", err)
+				}
+				cfg.Routes = append(cfg.Routes, r)
+			}
+			for _, s := range outbound.vals {
+				o, err := sidecar.ParseOutbound(s)
+				if err != nil {
+					return fail("backend", err)
+				}
+				cfg.Outbound = append(cfg.Outbound, o)
+			}
+			if *ttl != 0 && *ttl < time.Second {
+				return fail("backend", fmt.Errorf("--ttl %v: must be 0 or at least 1s", *ttl))
+			}
+			log, err := newLogger(*logLevel)
+			if err != nil {
+				return fail("backend", err)
+			}
+			cfg.Logger = log
+			key, created, err := keyfile.LoadOrCreate(*identity)
+			if err != nil {
+				return fail("backend", err)
+			}
+			cfg.Key = key
+
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			sc, err := sidecar.Start(cfg)
+			if err != nil {
+				return fail("backend", err)
+			}
+			if created {
+				id, _ := peer.IDFromPrivateKey(key)
+				log.Info("created a new identity", "file", *identity, "peer", id)
+			}
+			for _, a := range sc.OutboundAddrs() {
+				fmt.Println(a)
+			}
+			sig := <-sigs
+			log.Info("signal received; releasing routes and draining", "signal", sig, "drain_timeout", *drain)
+			ctx, cancel := context.WithTimeout(context.Background(), *drain)
+			defer cancel()
+			go func() {
+				select {
+				case <-sigs:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			if err := sc.Shutdown(ctx); err != nil {
+				log.Warn("stopped with streams cut", "err", err)
+			}
+			log.Info("stopped")
+			return 0
+		}
+	},
+}

@@ -1,0 +1,362 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
+)
+
+// bin and whoamiBin are the binaries under test, built once by TestMain.
+var bin, whoamiBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "balancer-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "balancer")
+	whoamiBin = filepath.Join(dir, "whoami")
+	if err := build(bin, "."); err == nil {
+		err = build(whoamiBin, "../../examples/whoami")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// build compiles pkg to out. The binaries are built without the race
+// detector, which makes each process several times slower to start and run
+// (the whole set took 45 s instead of 11 s on two cores); the packages they
+// are made of run their own tests in-process under -race. Set
+// BALANCER_E2E_RACE=1 to build them with -race when the tests have it.
+func build(out, pkg string) error {
+	args := []string{"build", "-o", out}
+	if raceEnabled && os.Getenv("BALANCER_E2E_RACE") != "" {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(goTool(), append(args, pkg)...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+func goTool() string {
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's writes and the test's
+// reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a process of a binary under test. It is killed when the test
+// ends, and its standard error is logged if the test failed.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stdout syncBuffer
+	stderr syncBuffer
+	done   chan struct{}
+	err    error // valid after done
+}
+
+type procOpts struct {
+	stdin string // fed to standard input, which is then closed
+	pipe  bool   // keep standard input open as p.stdin
+	dir   string
+}
+
+// start runs the balancer binary with args.
+func start(t *testing.T, name string, o procOpts, args ...string) *proc {
+	t.Helper()
+	return startBin(t, bin, name, o, args...)
+}
+
+func startBin(t *testing.T, path, name string, o procOpts, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(path, args...), done: make(chan struct{})}
+	p.cmd.Dir = o.dir
+	p.cmd.Stdout = &p.stdout
+	p.cmd.Stderr = &p.stderr
+	if o.pipe {
+		w, err := p.cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.stdin = w
+	} else {
+		p.cmd.Stdin = strings.NewReader(o.stdin)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if !p.exited() {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("--- %s %s\n--- stdout:\n%s--- stderr:\n%s", name, strings.Join(args, " "), p.stdout.String(), p.stderr.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("%s still running after %v", p.name, timeout)
+	}
+	var ee *exec.ExitError
+	switch {
+	case p.err == nil:
+		return 0
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	default:
+		t.Fatalf("%s: %v", p.name, p.err)
+		return -1
+	}
+}
+
+func (p *proc) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signalling %s: %v", p.name, err)
+	}
+}
+
+// lines waits until the process has printed n lines to standard output and
+// returns them.
+func (p *proc) lines(t *testing.T, n int, timeout time.Duration) []string {
+	t.Helper()
+	var out []string
+	eventually(t, timeout, func() bool {
+		s := p.stdout.String()
+		if strings.Count(s, "\n") < n {
+			return false
+		}
+		out = strings.Split(s, "\n")[:n]
+		return true
+	}, "%d lines on %s's standard output", n, p.name)
+	return out
+}
+
+// waitOutput waits until standard output contains want.
+func (p *proc) waitOutput(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, func() bool { return strings.Contains(p.stdout.String(), want) },
+		"%q on %s's standard output", want, p.name)
+}
+
+// eventually polls cond every 20 ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for "+msg, append([]any{timeout}, args...)...)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// keyFile writes a new identity to dir/name and returns its path and ID.
+func keyFile(t *testing.T, dir, name string) (string, peer.ID) {
+	t.Helper()
+	k, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := crypto.MarshalPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, id
+}
+
+// serve starts `balancer serve` on a free loopback TCP port with args, and
+// returns it with its printed address.
+func serve(t *testing.T, name string, args ...string) (*proc, string) {
+	t.Helper()
+	p := start(t, name, procOpts{}, append([]string{"serve", "--listen", "/ip4/127.0.0.1/tcp/0"}, args...)...)
+	addr := p.lines(t, 1, 20*time.Second)[0]
+	if !strings.Contains(addr, "/p2p/") {
+		t.Fatalf("%s printed %q, want a multiaddr ending in /p2p/<peer ID>", name, addr)
+	}
+	return p, addr
+}
+
+// dialResult is what one `balancer dial` run produced.
+type dialResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// dialOnce runs `balancer dial addr protos...` with input on standard input
+// to completion.
+func dialOnce(t *testing.T, input string, args ...string) dialResult {
+	t.Helper()
+	p := start(t, "dial", procOpts{stdin: input}, append([]string{"dial"}, args...)...)
+	code := p.wait(t, 60*time.Second)
+	return dialResult{code, p.stdout.String(), p.stderr.String()}
+}
+
+// waitRoute dials until a stream on proto through addr round-trips input,
+// which is how a test knows that a sidecar has registered.
+func waitRoute(t *testing.T, addr, proto, input, want string) {
+	t.Helper()
+	var last dialResult
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		last = dialOnce(t, input, "--timeout", "5s", addr, proto)
+		if last.code == 0 && strings.Contains(last.stdout, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no route to %s through %s: last dial exited %d, stdout %q, stderr %q", proto, addr, last.code, last.stdout, last.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// echoService is a local TCP service that echoes what it reads as it reads
+// it and half-closes when the caller does. With proxy set it first reads a
+// PROXY v2 header and reports it on headers.
+type echoService struct {
+	addr    string
+	headers chan *proxyproto.Header
+}
+
+func startEcho(t *testing.T, proxy bool) *echoService {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &echoService{addr: l.Addr().String(), headers: make(chan *proxyproto.Header, 64)}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		l.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			tc := c.(*net.TCPConn)
+			context.AfterFunc(ctx, func() { tc.Close() })
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer tc.Close()
+				if proxy {
+					h, err := proxyproto.Read(tc)
+					if err != nil {
+						fmt.Fprintf(tc, "bad PROXY header: %v", err)
+						return
+					}
+					select {
+					case s.headers <- h:
+					default:
+					}
+				}
+				if _, err := io.Copy(tc, tc); err == nil {
+					tc.CloseWrite()
+				}
+			}()
+		}
+	}()
+	return s
+}
+
+// oneLine checks that a failed command printed exactly one line on standard
+// error, containing every string of want.
+func oneLine(t *testing.T, stderr string, want ...string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+	if len(lines) != 1 || lines[0] == "" {
+		t.Fatalf("standard error has %d lines, want one:\n%s", len(lines), stderr)
+	}
+	for _, w := range want {
+		if !strings.Contains(lines[0], w) {
+			t.Fatalf("error line %q does not contain %q", lines[0], w)
+		}
+	}
+}

@@ -1,0 +1,562 @@
+// Package sidecar puts existing TCP services behind a libp2p balancer, so
+// that a program in any language can be a backend: what `ipfs p2p` does for
+// one node, done through the balancer. It is what `balancer backend` runs.
+//
+// A Sidecar registers protocols with one or more balancer instances through
+// the backend package, and bridges each stream forwarded on a protocol to a
+// new TCP connection to that protocol's local service (a Route), optionally
+// opening it with a PROXY protocol v2 header that names the remote peer (see
+// package proxyproto). It also opens local TCP listeners (an Outbound) whose
+// every connection is carried through a balancer as a stream to a remote
+// peer, which sees the balancer's peer ID. Bytes, half-closes and resets are
+// carried both ways by package pipe.
+//
+// Several balancer instances may share one peer ID (they are the same
+// balancer scaled out). One go-libp2p host holds a single connection set
+// per peer ID, so the Sidecar runs one host per instance of a shared ID, all
+// with the sidecar's one identity, and registers through each.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
+	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/pipe"
+	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
+)
+
+// Config describes a Sidecar.
+type Config struct {
+	// Key is the backend's identity, the one the balancers allow. Required.
+	Key crypto.PrivKey
+	// Balancers are the balancer instances to register with, one entry
+	// per instance. Instances may share a peer ID. Required.
+	Balancers []peer.AddrInfo
+	// Routes map protocols to local TCP services.
+	Routes []Route
+	// Outbound are local listeners carried out through a balancer.
+	Outbound []Outbound
+	// ProxyProtocol prepends a PROXY protocol v2 header to every TCP
+	// connection opened for a Route.
+	ProxyProtocol bool
+	// TTL is the route lifetime asked of the balancers; 0 asks for their
+	// default.
+	TTL time.Duration
+	// DialTimeout bounds connecting to a Route's service. Default 5 s.
+	DialTimeout time.Duration
+	// Logger receives structured logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultDialTimeout is Config.DialTimeout's default.
+const DefaultDialTimeout = 5 * time.Second
+
+// outboundTimeout bounds opening an outbound stream through the balancers.
+const outboundTimeout = 30 * time.Second
+
+// Sidecar is a running sidecar. Create it with Start and stop it with
+// Shutdown or Close.
+type Sidecar struct {
+	cfg   Config
+	log   *slog.Logger
+	links []*link
+
+	listeners []net.Listener
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // accept loops and the status watcher
+
+	active bridges
+
+	closeOnce sync.Once
+}
+
+// link is one host and the backend running on it, registered with one
+// instance of each balancer peer ID.
+type link struct {
+	host host.Host
+	be   *backend.Backend
+}
+
+// Start checks cfg, starts the hosts, registers the routes and opens the
+// outbound listeners. Errors name the setting at fault.
+func Start(cfg Config) (*Sidecar, error) {
+	if cfg.Key == nil {
+		return nil, errors.New("sidecar: no identity key")
+	}
+	if len(cfg.Balancers) == 0 {
+		return nil, errors.New("balancer: none given; name at least one balancer address")
+	}
+	if len(cfg.Routes) == 0 && len(cfg.Outbound) == 0 {
+		return nil, errors.New("nothing to do: give at least one --route or --outbound")
+	}
+	seen := map[string]bool{}
+	for _, r := range cfg.Routes {
+		if seen[string(r.Protocol)] {
+			return nil, fmt.Errorf("route %s: protocol %s routed twice", r, r.Protocol)
+		}
+		seen[string(r.Protocol)] = true
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel}
+	s.active.init()
+
+	// Outbound listeners first: a port in use is a configuration error
+	// that should stop us before anything registers.
+	for _, o := range cfg.Outbound {
+		l, err := net.Listen("tcp", o.Listen)
+		if err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("outbound %s: %w", o.Listen, err)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+
+	for i, group := range groupInstances(cfg.Balancers) {
+		ids := make([]peer.ID, len(group))
+		for j, ai := range group {
+			ids[j] = ai.ID
+		}
+		h, err := node.New(node.Config{Key: cfg.Key, LinkPeers: ids})
+		if err != nil {
+			s.closeAll()
+			return nil, err
+		}
+		opts := []backend.Option{backend.WithLogger(s.log.With("link", i))}
+		if cfg.TTL > 0 {
+			opts = append(opts, backend.WithTTL(cfg.TTL))
+		}
+		be, err := backend.New(h, group, opts...)
+		if err != nil {
+			h.Close()
+			s.closeAll()
+			return nil, err
+		}
+		for _, o := range cfg.Outbound {
+			h.Peerstore().AddAddrs(o.Peer, o.Addrs, peerstore.PermanentAddrTTL)
+		}
+		s.links = append(s.links, &link{host: h, be: be})
+	}
+	for _, r := range cfg.Routes {
+		for _, l := range s.links {
+			l.be.SetStreamHandler(r.Protocol, s.inbound(r))
+		}
+	}
+	for i, l := range s.listeners {
+		s.wg.Add(1)
+		go s.accept(l, cfg.Outbound[i])
+	}
+	s.wg.Add(1)
+	go s.watch()
+	s.log.Info("sidecar started", "peer", s.ID(), "balancer", s.links[0].be.ID(),
+		"instances", len(cfg.Balancers), "routes", len(cfg.Routes), "outbound", len(cfg.Outbound), "proxy_protocol", cfg.ProxyProtocol)
+	return s, nil
+}
+
+// groupInstances spreads the instances over as few hosts as possible, so
+// that no host is given two instances with the same peer ID: the n-th
+// instance of each peer ID goes to the n-th host.
+func groupInstances(instances []peer.AddrInfo) [][]peer.AddrInfo {
+	var groups [][]peer.AddrInfo
+	count := map[peer.ID]int{}
+	for _, ai := range instances {
+		n := count[ai.ID]
+		count[ai.ID]++
+		if n == len(groups) {
+			groups = append(groups, nil)
+		}
+		groups[n] = append(groups[n], ai)
+	}
+	return groups
+}
+
+// ID returns the sidecar's own peer ID, the one balancers must allow.
+func (s *Sidecar) ID() peer.ID { return s.links[0].host.ID() }
+
+// OutboundAddrs returns the outbound listeners' addresses, in the order of
+// Config.Outbound, with the real port when 0 was asked for.
+func (s *Sidecar) OutboundAddrs() []net.Addr {
+	out := make([]net.Addr, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.Addr()
+	}
+	return out
+}
+
+// Status returns the registration with every balancer instance: those of
+// the first host, then those of the second (instances sharing a peer ID are
+// spread over hosts), each host's in the order of Config.Balancers.
+func (s *Sidecar) Status() []backend.Status {
+	var out []backend.Status
+	for _, l := range s.links {
+		out = append(out, l.be.Status()...)
+	}
+	return out
+}
+
+// ActiveStreams returns the number of streams being bridged.
+func (s *Sidecar) ActiveStreams() int { return s.active.len() }
+
+// Shutdown stops accepting outbound connections, releases every route so
+// that the balancers send no new stream, waits until the streams being
+// bridged end or ctx is done, then closes everything. It returns ctx's error
+// when streams had to be cut.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	active := s.active.len()
+	s.stopAccepting()
+	err := s.active.wait(ctx)
+	if err == nil && active > 0 {
+		node.WaitFlush(ctx)
+	}
+	s.Close()
+	return err
+}
+
+// Close stops at once, resetting the streams being bridged. A second Close
+// returns net.ErrClosed.
+func (s *Sidecar) Close() error {
+	err := net.ErrClosed
+	s.closeOnce.Do(func() {
+		s.stopAccepting()
+		s.active.resetAll()
+		s.cancel()
+		s.wg.Wait()
+		for _, l := range s.links {
+			l.host.Close()
+		}
+		err = nil
+	})
+	return err
+}
+
+func (s *Sidecar) stopAccepting() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	s.active.close()
+	var wg sync.WaitGroup
+	for _, l := range s.links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.be.Close() // releases the routes
+		}()
+	}
+	wg.Wait()
+}
+
+// closeAll undoes a failed Start.
+func (s *Sidecar) closeAll() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	for _, l := range s.links {
+		l.be.Close()
+		l.host.Close()
+	}
+	s.cancel()
+}
+
+// inbound returns the handler that bridges r's forwarded streams.
+func (s *Sidecar) inbound(r Route) network.StreamHandler {
+	return func(str network.Stream) {
+		log := s.log.With("protocol", r.Protocol, "peer", str.Conn().RemotePeer())
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", r.Target)
+		cancel()
+		if err != nil {
+			log.Warn("service unreachable; stream reset", "target", r.Target, "err", err)
+			str.Reset()
+			return
+		}
+		tc := tcpStream{c.(*net.TCPConn)}
+		if s.cfg.ProxyProtocol {
+			h := proxyHeader(str, c)
+			_ = c.SetWriteDeadline(time.Now().Add(s.cfg.DialTimeout))
+			if _, err := h.WriteTo(c); err != nil {
+				log.Warn("writing PROXY header failed; stream reset", "target", r.Target, "err", err)
+				tc.Reset()
+				str.Reset()
+				return
+			}
+			_ = c.SetWriteDeadline(time.Time{})
+		}
+		s.bridge(log, str, tc)
+	}
+}
+
+// proxyHeader describes a forwarded stream for the service.
+func proxyHeader(str network.Stream, service net.Conn) *proxyproto.Header {
+	h := &proxyproto.Header{
+		Source:   addrPort(str.Conn().RemoteMultiaddr()),
+		PeerID:   str.Conn().RemotePeer(),
+		Protocol: string(str.Protocol()),
+	}
+	if ta, ok := service.RemoteAddr().(*net.TCPAddr); ok {
+		h.Destination = ta.AddrPort()
+	}
+	return h
+}
+
+// addrPort extracts the IP and TCP or UDP port from a peer's multiaddr; the
+// zero value when it has none or is relayed (the IP would be the relay's).
+func addrPort(a ma.Multiaddr) netip.AddrPort {
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+		return netip.AddrPort{}
+	}
+	ip, err := manet.ToIP(a)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	port, err := a.ValueForProtocol(ma.P_TCP)
+	if err != nil {
+		if port, err = a.ValueForProtocol(ma.P_UDP); err != nil {
+			return netip.AddrPort{}
+		}
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(addr.Unmap(), uint16(n))
+}
+
+// accept carries each connection accepted on l out through a balancer.
+func (s *Sidecar) accept(l net.Listener, o Outbound) {
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accepting outbound connection", "listen", o.Listen, "err", err)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.outbound(tcpStream{c.(*net.TCPConn)}, o)
+		}()
+	}
+}
+
+// outbound opens a stream for an accepted connection and bridges the two.
+func (s *Sidecar) outbound(c tcpStream, o Outbound) {
+	log := s.log.With("peer", o.Peer, "from", c.RemoteAddr())
+	ctx, cancel := context.WithTimeout(s.ctx, outboundTimeout)
+	str, err := s.NewStream(ctx, o.Peer, o.Protocols...)
+	cancel()
+	if err != nil {
+		log.Warn("outbound stream failed; connection reset", "protocols", o.Protocols, "err", err)
+		c.Reset()
+		return
+	}
+	s.bridge(log.With("protocol", str.Protocol()), str, c)
+}
+
+// NewStream opens a stream to p through the balancers, on the first of
+// pids p accepts. The balancer instances are tried in turn while they
+// cannot be reached or cannot reach p; any other refusal is final.
+func (s *Sidecar) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	var lastErr error
+	for _, l := range s.links {
+		str, err := l.be.NewStream(ctx, p, pids...)
+		if err == nil {
+			return str, nil
+		}
+		lastErr = err
+		var se *wire.StatusError
+		if errors.As(err, &se) && se.Status != pb.Status_DIAL_FAILED {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// bridge joins a libp2p stream and a TCP connection until both directions
+// end, unless the sidecar is closing.
+func (s *Sidecar) bridge(log *slog.Logger, str network.Stream, c tcpStream) {
+	b := &bridgePair{str: str, tcp: c}
+	if !s.active.add(b) {
+		str.Reset()
+		c.Reset()
+		return
+	}
+	defer s.active.remove(b)
+	start := time.Now()
+	res := pipe.Join(str, c, nil)
+	if res.Err != nil {
+		log.Debug("stream ended with an error", "in", res.BToA, "out", res.AToB, "duration", time.Since(start), "err", res.Err)
+		return
+	}
+	log.Debug("stream done", "to_service", res.AToB, "from_service", res.BToA, "duration", time.Since(start))
+}
+
+// watch logs changes of the registrations, so that an operator sees when
+// the sidecar is routed, and when a balancer is lost.
+func (s *Sidecar) watch() {
+	defer s.wg.Done()
+	type state struct {
+		connected bool
+		protos    string
+	}
+	last := map[int]state{}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		i := -1
+		for li, l := range s.links {
+			for _, st := range l.be.Status() {
+				i++
+				cur := state{connected: st.Connected, protos: fmt.Sprint(st.Protocols)}
+				prev, had := last[i]
+				last[i] = cur
+				if had && prev == cur {
+					continue
+				}
+				if cur.protos != prev.protos && len(st.Protocols) > 0 {
+					s.log.Info("registered", "link", li, "balancer", st.Balancer, "protocols", st.Protocols,
+						"ttl", st.Expires.Sub(st.Registered).Round(time.Second))
+				}
+				if had && prev.connected && !cur.connected {
+					s.log.Warn("balancer connection lost; reconnecting", "link", li, "balancer", st.Balancer)
+				}
+			}
+		}
+	}
+}
+
+// tcpStream is a TCP connection as pipe.Join wants it.
+type tcpStream struct{ *net.TCPConn }
+
+// Reset closes the connection with a TCP RST, the nearest thing to a
+// stream reset, so that the service sees a failure and not a clean end.
+func (c tcpStream) Reset() error {
+	_ = c.SetLinger(0)
+	return c.Close()
+}
+
+// bridgePair is a stream being bridged, for Close to reset.
+type bridgePair struct {
+	str network.Stream
+	tcp tcpStream
+}
+
+// bridges counts the streams being bridged, for Shutdown to wait on.
+type bridges struct {
+	mu      sync.Mutex
+	closed  bool
+	set     map[*bridgePair]struct{}
+	changed chan struct{}
+}
+
+func (b *bridges) init() {
+	b.set = map[*bridgePair]struct{}{}
+	b.changed = make(chan struct{}, 1)
+}
+
+// add tracks p, unless the sidecar is closing.
+func (b *bridges) add(p *bridgePair) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.set[p] = struct{}{}
+	return true
+}
+
+func (b *bridges) remove(p *bridgePair) {
+	b.mu.Lock()
+	delete(b.set, p)
+	b.mu.Unlock()
+	select {
+	case b.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (b *bridges) len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.set)
+}
+
+func (b *bridges) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+}
+
+// wait returns when no stream is left or ctx is done.
+func (b *bridges) wait(ctx context.Context) error {
+	for b.len() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.changed:
+		}
+	}
+	return nil
+}
+
+func (b *bridges) resetAll() {
+	b.mu.Lock()
+	pairs := slices.Collect(maps.Keys(b.set))
+	b.mu.Unlock()
+	for _, p := range pairs {
+		p.str.Reset()
+		p.tcp.Reset()
+	}
+}

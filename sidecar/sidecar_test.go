@@ -1,0 +1,318 @@
+package sidecar_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"reflect"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
+	"github.com/libp2p-balancer/libp2p-balancer/sidecar"
+)
+
+var loopback = []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}
+
+func newKey(t *testing.T) (crypto.PrivKey, peer.ID) {
+	k, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(k)
+	return k, id
+}
+
+func newHost(t *testing.T, key crypto.PrivKey, listen bool, link ...peer.ID) host.Host {
+	t.Helper()
+	if key == nil {
+		key, _ = newKey(t)
+	}
+	cfg := node.Config{Key: key, LinkPeers: link, Options: []libp2p.Option{libp2p.Ping(false)}}
+	if listen {
+		cfg.Listen = loopback
+	}
+	h, err := node.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// newBalancer starts an in-process balancer with identity key that allows
+// backend any protocol.
+func newBalancer(t *testing.T, key crypto.PrivKey, backend peer.ID) host.Host {
+	t.Helper()
+	h := newHost(t, key, true, backend)
+	lb, err := balancer.New(h, balancer.WithAllow(backend))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lb.Close() })
+	return h
+}
+
+func info(h host.Host) peer.AddrInfo { return peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()} }
+
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// echoService echoes as it reads, after reading a PROXY header when proxy
+// is set, which it reports on headers.
+func echoService(t *testing.T, proxy bool) (string, chan *proxyproto.Header) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	headers := make(chan *proxyproto.Header, 16)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				if proxy {
+					h, err := proxyproto.Read(c)
+					if err != nil {
+						return
+					}
+					headers <- h
+				}
+				if _, err := io.Copy(c, c); err == nil {
+					c.(*net.TCPConn).CloseWrite()
+				}
+			}()
+		}
+	}()
+	return l.Addr().String(), headers
+}
+
+func start(t *testing.T, cfg sidecar.Config) *sidecar.Sidecar {
+	t.Helper()
+	s, err := sidecar.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// roundTrip opens proto from d to lb, sends msg, half-closes and returns
+// the answer.
+func roundTrip(t *testing.T, d host.Host, lb peer.ID, proto protocol.ID, msg string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := d.NewStream(ctx, lb, proto)
+	if err != nil {
+		t.Fatalf("opening %s: %v", proto, err)
+	}
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(s, msg); err != nil {
+		t.Fatal(err)
+	}
+	s.CloseWrite()
+	got, err := io.ReadAll(s)
+	if err != nil {
+		t.Fatalf("reading %s: %v", proto, err)
+	}
+	s.Close()
+	return string(got)
+}
+
+func waitServed(t *testing.T, d host.Host, lb peer.ID, proto protocol.ID, served bool) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() bool {
+		have, _ := d.Peerstore().GetProtocols(lb)
+		return slices.Contains(have, proto) == served
+	}, fmt.Sprintf("%s served=%v", proto, served))
+}
+
+func TestInboundWithProxyHeader(t *testing.T) {
+	key, id := newKey(t)
+	lb := newBalancer(t, nil, id)
+	addr, headers := echoService(t, true)
+	start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, ProxyProtocol: true,
+		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
+	d := newHost(t, nil, false)
+	if err := d.Connect(context.Background(), info(lb)); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, d, lb.ID(), "/t/echo", true)
+	if got := roundTrip(t, d, lb.ID(), "/t/echo", "hello"); got != "hello" {
+		t.Fatalf("echo %q", got)
+	}
+	h := <-headers
+	dAddr := d.Network().ConnsToPeer(lb.ID())[0].LocalMultiaddr()
+	port, _ := dAddr.ValueForProtocol(ma.P_TCP)
+	if h.PeerID != d.ID() || h.Protocol != "/t/echo" || fmt.Sprint(h.Source.Port()) != port || !h.Source.Addr().IsLoopback() {
+		t.Fatalf("header %+v; want D %s from port %s on /t/echo", h, d.ID(), port)
+	}
+	if h.Destination.String() != addr {
+		t.Fatalf("header destination %v, want the service %s", h.Destination, addr)
+	}
+}
+
+func TestOutbound(t *testing.T) {
+	key, id := newKey(t)
+	lb := newBalancer(t, nil, id)
+	e := newHost(t, nil, true)
+	seen := make(chan peer.ID, 1)
+	e.SetStreamHandler("/t/e2", func(s network.Stream) {
+		seen <- s.Conn().RemotePeer()
+		io.Copy(s, s)
+		s.Close()
+	})
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)},
+		Outbound: []sidecar.Outbound{{Listen: "127.0.0.1:0", Peer: e.ID(), Addrs: e.Addrs(), Protocols: []protocol.ID{"/t/e1", "/t/e2"}}}})
+	c, err := net.Dial("tcp", sc.OutboundAddrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "to E")
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "to E" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if p := <-seen; p != lb.ID() {
+		t.Fatalf("E saw %s, want the balancer %s", p, lb.ID())
+	}
+}
+
+// TestSharedIdentity: two balancer instances with one key; the sidecar
+// registers with both, and each routes to it.
+func TestSharedIdentity(t *testing.T) {
+	key, id := newKey(t)
+	lbKey, _ := newKey(t)
+	lb1, lb2 := newBalancer(t, lbKey, id), newBalancer(t, lbKey, id)
+	addr, _ := echoService(t, false)
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb1), info(lb2)},
+		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
+	eventually(t, 10*time.Second, func() bool {
+		st := sc.Status()
+		return len(st) == 2 && len(st[0].Protocols) == 1 && len(st[1].Protocols) == 1
+	}, "registration with both instances")
+	for _, lb := range []host.Host{lb1, lb2} {
+		d := newHost(t, nil, false)
+		if err := d.Connect(context.Background(), info(lb)); err != nil {
+			t.Fatal(err)
+		}
+		waitServed(t, d, lb.ID(), "/t/echo", true)
+		if got := roundTrip(t, d, lb.ID(), "/t/echo", "hi"); got != "hi" {
+			t.Fatalf("echo %q", got)
+		}
+	}
+}
+
+// TestShutdown: Shutdown releases the routes at once and lets a stream in
+// flight finish.
+func TestShutdown(t *testing.T) {
+	key, id := newKey(t)
+	lb := newBalancer(t, nil, id)
+	addr, _ := echoService(t, false)
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)},
+		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
+	d := newHost(t, nil, false)
+	if err := d.Connect(context.Background(), info(lb)); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, d, lb.ID(), "/t/echo", true)
+	s, err := d.NewStream(context.Background(), lb.ID(), "/t/echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 5)
+	io.WriteString(s, "first")
+	if _, err := io.ReadFull(s, buf); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() bool { return sc.ActiveStreams() == 1 }, "the stream to be bridged")
+	done := make(chan error, 1)
+	go func() { done <- sc.Shutdown(context.Background()) }()
+	waitServed(t, d, lb.ID(), "/t/echo", false)
+	io.WriteString(s, "second")
+	s.CloseWrite()
+	rest, err := io.ReadAll(s)
+	if err != nil || string(rest) != "second" {
+		t.Fatalf("after Shutdown began: read %q, %v", rest, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the stream ended")
+	}
+}
+
+func TestParse(t *testing.T) {
+	_, id := newKey(t)
+	r, err := sidecar.ParseRoute("/echo/1.0.0=127.0.0.1:7000")
+	if err != nil || r != (sidecar.Route{Protocol: "/echo/1.0.0", Target: "127.0.0.1:7000"}) {
+		t.Fatalf("ParseRoute: %+v, %v", r, err)
+	}
+	for _, bad := range []string{"/echo", "echo=127.0.0.1:1", "/echo=127.0.0.1"} {
+		if _, err := sidecar.ParseRoute(bad); err == nil {
+			t.Errorf("ParseRoute(%q) accepted", bad)
+		}
+	}
+	o, err := sidecar.ParseOutbound("127.0.0.1:9000=" + id.String() + "/a/1.0.0,/b/1.0.0")
+	want := sidecar.Outbound{Listen: "127.0.0.1:9000", Peer: id, Protocols: []protocol.ID{"/a/1.0.0", "/b/1.0.0"}}
+	if err != nil || !reflect.DeepEqual(o, want) {
+		t.Fatalf("ParseOutbound: %+v, %v", o, err)
+	}
+	o, err = sidecar.ParseOutbound("127.0.0.1:0=/ip4/10.0.0.1/udp/4001/quic-v1/p2p/" + id.String() + "/a/1.0.0")
+	if err != nil || o.Peer != id || len(o.Addrs) != 1 || o.Addrs[0].String() != "/ip4/10.0.0.1/udp/4001/quic-v1" || !reflect.DeepEqual(o.Protocols, []protocol.ID{"/a/1.0.0"}) {
+		t.Fatalf("ParseOutbound with an address: %+v, %v", o, err)
+	}
+	for _, bad := range []string{"127.0.0.1:1=" + id.String(), "nohost=" + id.String() + "/a", "127.0.0.1:1=nope/a", "127.0.0.1:1=/ip4/1.2.3.4/tcp/1/a", "127.0.0.1:1=" + id.String() + "/a,b"} {
+		if _, err := sidecar.ParseOutbound(bad); err == nil {
+			t.Errorf("ParseOutbound(%q) accepted", bad)
+		}
+	}
+	ai, err := sidecar.ParseBalancer("/ip4/127.0.0.1/tcp/1/p2p/" + id.String() + ",/ip4/127.0.0.1/udp/1/quic-v1/p2p/" + id.String())
+	if err != nil || ai.ID != id || len(ai.Addrs) != 2 {
+		t.Fatalf("ParseBalancer: %+v, %v", ai, err)
+	}
+	_, other := newKey(t)
+	if _, err := sidecar.ParseBalancer("/ip4/127.0.0.1/tcp/1/p2p/" + id.String() + ",/ip4/127.0.0.1/tcp/2/p2p/" + other.String()); err == nil {
+		t.Error("ParseBalancer accepted two peer IDs for one instance")
+	}
+}
