@@ -137,3 +137,16 @@ func WithPolicy(pattern string, p Policy) Option {
 		return nil
 	}
 }
+
+// CheckOptions reports the first invalid option, without starting anything,
+// so that a daemon can refuse a bad configuration before it touches its
+// identity file or the network.
+func CheckOptions(opts ...Option) error {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -42,6 +44,55 @@ type Config struct {
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json.
+	LogFormat string `yaml:"log_format"`
+	// Admin is the HOST:PORT of the admin HTTP listener (metrics, JSON
+	// API, status page); "off" or empty turns it off.
+	Admin string `yaml:"admin"`
+	// AdminPublic allows a non-loopback Admin address, which then needs a
+	// token.
+	AdminPublic bool `yaml:"admin_public"`
+	// AdminTokenFile holds the bearer token of the admin listener; the
+	// BALANCER_ADMIN_TOKEN environment variable is the alternative. A
+	// token is never taken from a flag value, which `ps` would show.
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// Pools sets the policy of the pools of matching protocols; the first
+	// matching entry wins; the others use least-streams.
+	Pools []Pool `yaml:"pools"`
+	// Limits bounds what backends and remote peers can cause; see
+	// balancer.Limits. Zero fields keep the balancer's defaults only for
+	// protocols_per_request and routes_per_backend; others mean no limit.
+	Limits Limits `yaml:"limits"`
+	// Health tunes passive health checking; see balancer.Health.
+	Health Health `yaml:"health"`
+}
+
+// Pool sets the policy of the pools of protocols matching Protocol: an exact
+// ID, or a prefix followed by "*".
+type Pool struct {
+	Protocol string `yaml:"protocol"`
+	// Strategy is least-streams, round-robin, random-of-two or weighted.
+	Strategy string `yaml:"strategy"`
+	// Sticky sends one remote peer's streams to the same backend.
+	Sticky bool `yaml:"sticky"`
+}
+
+// Limits mirrors balancer.Limits in the configuration file.
+type Limits struct {
+	ProtocolsPerRequest        int     `yaml:"protocols_per_request"`
+	RoutesPerBackend           int     `yaml:"routes_per_backend"`
+	Streams                    int     `yaml:"streams"`
+	StreamsPerBackend          int     `yaml:"streams_per_backend"`
+	OutboundPerBackend         int     `yaml:"outbound_per_backend"`
+	StreamsPerPeer             int     `yaml:"streams_per_peer"`
+	NewStreamsPerSecondPerPeer float64 `yaml:"new_streams_per_second_per_peer"`
+}
+
+// Health mirrors balancer.Health in the configuration file.
+type Health struct {
+	ConsecutiveFailures int           `yaml:"consecutive_failures"`
+	BaseEjection        time.Duration `yaml:"base_ejection"`
+	MaxEjection         time.Duration `yaml:"max_ejection"`
 }
 
 // Allow lets one backend register routes: any protocol when Protocols is
@@ -63,6 +114,8 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultHandshakeTimeout = 5 * time.Second
 	DefaultDialTimeout      = 15 * time.Second
+	// DefaultAdmin is the admin listener: loopback only.
+	DefaultAdmin = "127.0.0.1:8242"
 )
 
 // DefaultListen is where serve listens unless told otherwise: TCP and QUIC
@@ -81,6 +134,17 @@ func DefaultConfig() Config {
 		HandshakeTimeout: DefaultHandshakeTimeout,
 		DialTimeout:      DefaultDialTimeout,
 		LogLevel:         "info",
+		LogFormat:        "text",
+		Admin:            DefaultAdmin,
+		Limits: Limits{
+			ProtocolsPerRequest: balancer.DefaultLimits().ProtocolsPerRequest,
+			RoutesPerBackend:    balancer.DefaultLimits().RoutesPerBackend,
+		},
+		Health: Health{
+			ConsecutiveFailures: balancer.DefaultHealth().ConsecutiveFailures,
+			BaseEjection:        balancer.DefaultHealth().BaseEjection,
+			MaxEjection:         balancer.DefaultHealth().MaxEjection,
+		},
 	}
 }
 
@@ -186,4 +250,54 @@ func bareErr(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// AdminEnabled reports whether the admin listener is on.
+func (c *Config) AdminEnabled() bool { return c.Admin != "" && c.Admin != "off" }
+
+// AdminToken reads the admin token from AdminTokenFile, or else from the
+// BALANCER_ADMIN_TOKEN environment variable; "" when neither is set.
+func (c *Config) AdminToken() (string, error) {
+	if c.AdminTokenFile != "" {
+		b, err := os.ReadFile(c.AdminTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("admin token file %s: %w", c.AdminTokenFile, bareErr(err))
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return strings.TrimSpace(os.Getenv("BALANCER_ADMIN_TOKEN")), nil
+}
+
+// balancerOptions turns the pool, limit and health settings into balancer
+// options, or says which setting is wrong.
+func (c *Config) balancerOptions() ([]balancer.Option, error) {
+	var opts []balancer.Option
+	for i, p := range c.Pools {
+		if p.Protocol == "" {
+			return nil, fmt.Errorf("pools[%d]: no protocol", i)
+		}
+		st := balancer.LeastStreams
+		if p.Strategy != "" {
+			var err error
+			if st, err = balancer.ParseStrategy(p.Strategy); err != nil {
+				return nil, fmt.Errorf("pools[%d] (%s): %w", i, p.Protocol, err)
+			}
+		}
+		opts = append(opts, balancer.WithPolicy(p.Protocol, balancer.Policy{Strategy: st, Sticky: p.Sticky}))
+	}
+	l := c.Limits
+	opts = append(opts, balancer.WithLimits(balancer.Limits{
+		ProtocolsPerRequest:        l.ProtocolsPerRequest,
+		RoutesPerBackend:           l.RoutesPerBackend,
+		Streams:                    l.Streams,
+		StreamsPerBackend:          l.StreamsPerBackend,
+		OutboundPerBackend:         l.OutboundPerBackend,
+		StreamsPerPeer:             l.StreamsPerPeer,
+		NewStreamsPerSecondPerPeer: l.NewStreamsPerSecondPerPeer,
+	}))
+	opts = append(opts, balancer.WithHealth(balancer.Health(c.Health)))
+	if err := balancer.CheckOptions(opts...); err != nil {
+		return nil, err
+	}
+	return opts, nil
 }

@@ -23,9 +23,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/keyfile"
 	"github.com/libp2p-balancer/libp2p-balancer/logging"
+	"github.com/libp2p-balancer/libp2p-balancer/metrics"
 	"github.com/libp2p-balancer/libp2p-balancer/node"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
@@ -38,6 +40,7 @@ type Daemon struct {
 	host  host.Host
 	lb    *balancer.Balancer
 	addrs []ma.Multiaddr
+	admin *admin.Server // nil when off
 
 	closeOnce sync.Once
 }
@@ -53,7 +56,20 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	poolOpts, err := cfg.balancerOptions()
+	if err != nil {
+		return nil, err
+	}
+	// Metrics: ours and go-libp2p's on one registry, served by the admin
+	// listener; recent refusals kept for the status page.
+	reg := metrics.NewRegistry()
+	tracer, err := metrics.New(reg)
+	if err != nil {
+		return nil, err
+	}
+	events := admin.NewEvents(0)
 	opts := []balancer.Option{
+		balancer.WithTracer(metrics.Tee(tracer, events)),
 		balancer.WithLogger(log),
 		balancer.WithTTL(cfg.TTLDefault, cfg.TTLMax),
 		balancer.WithIdleTimeout(cfg.IdleTimeout),
@@ -70,6 +86,7 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		backends = append(backends, id)
 		opts = append(opts, balancer.WithAllow(id, a.Protocols...))
 	}
+	opts = append(opts, poolOpts...)
 	key, created, err := keyfile.LoadOrCreate(cfg.Identity)
 	if err != nil {
 		return nil, err
@@ -78,7 +95,7 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity file %s: %w", cfg.Identity, err)
 	}
-	h, err := node.New(node.Config{Key: key, Listen: listen, LinkPeers: backends})
+	h, err := node.New(node.Config{Key: key, Listen: listen, LinkPeers: backends, Options: metrics.Libp2pOptions(reg)})
 	if err != nil {
 		return nil, err
 	}
@@ -94,6 +111,16 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: log, host: h, lb: lb, addrs: addrs}
+	if cfg.AdminEnabled() {
+		token, _ := cfg.AdminToken() // read by Check
+		d.admin = &admin.Server{Addr: cfg.Admin, Public: cfg.AdminPublic, Log: log,
+			Handler: &admin.Handler{Balancer: lb, Host: h, Gatherer: reg, Events: events, Token: token, Log: log}}
+		if err := d.admin.Start(); err != nil {
+			lb.Close()
+			h.Close()
+			return nil, fmt.Errorf("admin %s: %w", cfg.Admin, err)
+		}
+	}
 	// Logged only now, so that a configuration error stays a single line.
 	if created {
 		log.Info("created a new identity", "file", cfg.Identity, "peer", id)
@@ -164,6 +191,21 @@ func (c *Config) Check() ([]ma.Multiaddr, error) {
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		return nil, err
 	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return nil, fmt.Errorf("log-format %q: want text or json", c.LogFormat)
+	}
+	if _, err := c.balancerOptions(); err != nil {
+		return nil, err
+	}
+	if c.AdminEnabled() {
+		token, err := c.AdminToken()
+		if err != nil {
+			return nil, err
+		}
+		if err := admin.CheckBind(c.Admin, c.AdminPublic, token); err != nil {
+			return nil, fmt.Errorf("admin %s: %w", c.Admin, err)
+		}
+	}
 	if c.Identity == "" {
 		return nil, errors.New("identity: no key file given")
 	}
@@ -211,6 +253,19 @@ func (d *Daemon) Close() error {
 
 func (d *Daemon) close() error {
 	err := net.ErrClosed
-	d.closeOnce.Do(func() { err = d.host.Close() })
+	d.closeOnce.Do(func() {
+		if d.admin != nil {
+			d.admin.Close()
+		}
+		err = d.host.Close()
+	})
 	return err
+}
+
+// AdminURL returns the admin listener's base URL, or "" when it is off.
+func (d *Daemon) AdminURL() string {
+	if d.admin == nil {
+		return ""
+	}
+	return d.admin.URL()
 }

@@ -89,6 +89,7 @@ func TestConfigErrors(t *testing.T) {
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
 		os.WriteFile(path, []byte(c.yaml), 0o600)
 		cfg := daemon.DefaultConfig()
+		cfg.Admin = "127.0.0.1:0" // tests run side by side
 		err := daemon.LoadFile(path, &cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: err = %v, want one line naming %s and %q", name, err, path, c.want)
@@ -107,6 +108,7 @@ func TestConfigErrors(t *testing.T) {
 		"log level":    {func(c *daemon.Config) { c.LogLevel = "loud" }, "log level"},
 	} {
 		cfg := daemon.DefaultConfig()
+		cfg.Admin = "127.0.0.1:0" // tests run side by side
 		c.mod(&cfg)
 		if _, err := cfg.Check(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want %q", name, err, c.want)
@@ -135,6 +137,7 @@ func TestParseAllow(t *testing.T) {
 
 func TestStartShutdown(t *testing.T) {
 	cfg := daemon.DefaultConfig()
+	cfg.Admin = "127.0.0.1:0" // tests run side by side
 	cfg.Identity = filepath.Join(t.TempDir(), "lb.key")
 	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
 	cfg.Allow = []daemon.Allow{{Peer: newPeerID(t).String()}}

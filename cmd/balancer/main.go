@@ -31,7 +31,7 @@ type command struct {
 	flags func(fs *flag.FlagSet) func(args []string) int
 }
 
-var commands = []*command{serveCmd, backendCmd, dialCmd, idCmd, demoCmd}
+var commands = []*command{serveCmd, backendCmd, dialCmd, idCmd, statusCmd, demoCmd}
 
 func main() {
 	os.Exit(run(os.Args[1:]))

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -115,6 +116,11 @@ type procOpts struct {
 // start runs the balancer binary with args.
 func start(t *testing.T, name string, o procOpts, args ...string) *proc {
 	t.Helper()
+	if len(args) > 0 && args[0] == "serve" && !slices.Contains(args, "--admin") {
+		// Several balancers run at once: each takes a free admin port
+		// rather than the default 8242.
+		args = append(args, "--admin", "127.0.0.1:0")
+	}
 	return startBin(t, bin, name, o, args...)
 }
 

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/libp2p-balancer/libp2p-balancer/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/logging"
 )
 
 var serveCmd = &command{
@@ -25,7 +26,12 @@ SIGTERM stops accepting new streams, lets streams in flight finish for up to
 
 Settings come from --config (YAML; see balancer.example.yaml), then from the
 flags given, which override the file; a repeatable flag replaces the file's
-whole list.`,
+whole list. Pools, limits and health are set in the file only.
+
+The admin listener (--admin, default 127.0.0.1:8242) serves Prometheus
+metrics on /metrics, JSON on /api/status, /api/routes, /api/backends and
+/api/events, /healthz and /readyz, and a status page on /. It binds to
+loopback unless --admin-public is given, which then requires a token.`,
 	flags: func(fs *flag.FlagSet) func([]string) int {
 		def := daemon.DefaultConfig()
 		fc := def
@@ -42,6 +48,10 @@ whole list.`,
 		fs.DurationVar(&fc.DialTimeout, "dial-timeout", def.DialTimeout, "how long reaching the target of a backend's outbound stream may take")
 		fs.DurationVar(&fc.IdleTimeout, "idle-timeout", def.IdleTimeout, "reset a forwarded stream idle for this long (0: never)")
 		fs.StringVar(&fc.LogLevel, "log-level", def.LogLevel, "`LEVEL`: debug, info, warn or error")
+		fs.StringVar(&fc.LogFormat, "log-format", def.LogFormat, "`FORMAT` of the logs: text or json")
+		fs.StringVar(&fc.Admin, "admin", def.Admin, "`HOST:PORT` of the admin listener (metrics, JSON API, status page); off to disable")
+		fs.BoolVar(&fc.AdminPublic, "admin-public", def.AdminPublic, "allow a non-loopback --admin address (then a token is required)")
+		fs.StringVar(&fc.AdminTokenFile, "admin-token-file", def.AdminTokenFile, "`FILE` holding the admin bearer token (or set BALANCER_ADMIN_TOKEN)")
 
 		return func(args []string) int {
 			if len(args) > 0 {
@@ -83,6 +93,14 @@ whole list.`,
 					cfg.IdleTimeout = fc.IdleTimeout
 				case "log-level":
 					cfg.LogLevel = fc.LogLevel
+				case "log-format":
+					cfg.LogFormat = fc.LogFormat
+				case "admin":
+					cfg.Admin = fc.Admin
+				case "admin-public":
+					cfg.AdminPublic = fc.AdminPublic
+				case "admin-token-file":
+					cfg.AdminTokenFile = fc.AdminTokenFile
 				}
 			})
 			if err != nil {
@@ -97,7 +115,7 @@ func serve(cfg daemon.Config) int {
 	if _, err := cfg.Check(); err != nil {
 		return fail("serve", err)
 	}
-	log, err := newLogger(cfg.LogLevel)
+	log, err := logging.New(cfg.LogFormat, cfg.LogLevel, os.Stderr)
 	if err != nil {
 		return fail("serve", err)
 	}

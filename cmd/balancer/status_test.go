@@ -1,0 +1,57 @@
+package main_test
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freePort returns a loopback address with a port nobody listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestStatusAndAdmin: `serve --admin` serves metrics and the status page,
+// and `balancer status` prints the balancer's routes as a table.
+func TestStatusAndAdmin(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	aKey, aID := keyFile(t, dir, "a.key")
+	admin := freePort(t)
+	_, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--admin", admin)
+	echo := startEcho(t, false)
+	start(t, "a", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/status/echo/1.0.0="+echo.addr)
+	waitRoute(t, lbAddr, "/status/echo/1.0.0", "ping\n", "ping")
+
+	p := start(t, "status", procOpts{}, "status", "--admin", admin)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("status exited %d: %s", code, p.stderr.String())
+	}
+	out := p.stdout.String()
+	for _, want := range []string{peerOf(t, lbAddr).String(), "/status/echo/1.0.0", aID.String()} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`libp2p_balancer_streams_total{backend="` + aID.String() + `",direction="inbound",outcome=`, "libp2p_balancer_routes 1", "libp2p_swarm_"} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("/metrics lacks %q", want)
+		}
+	}
+}
