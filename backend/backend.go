@@ -46,8 +46,19 @@ type Backend struct {
 	byPeer   map[peer.ID]*session
 
 	mu       sync.Mutex
-	handlers map[protocol.ID]network.StreamHandler
+	handlers map[protocol.ID]Acceptor
 }
+
+// Acceptor decides whether this backend takes a stream the balancer offers
+// from remote on proto, before it accepts: it returns the handler for the
+// stream, or an error, which refuses the stream with REJECTED and the error
+// as text, so that the balancer offers it to the next backend of the pool
+// with nothing lost. It runs within the handshake deadline (the balancer's
+// handshake timeout, 5 s by default): check what must be checked (a local
+// service reachable, a capacity), not more. Once it returned a handler, the
+// handler is called even if the stream fails right after, so that it can
+// release what the acceptor acquired.
+type Acceptor func(remote peer.ID, proto protocol.ID) (network.StreamHandler, error)
 
 // New connects h to the balancers (each a peer ID with addresses to dial)
 // and starts keeping registrations with them. Routes are registered as
@@ -76,7 +87,7 @@ func New(h host.Host, balancers []peer.AddrInfo, opts ...Option) (*Backend, erro
 		cancel:   cancel,
 		sub:      sub,
 		byPeer:   map[peer.ID]*session{},
-		handlers: map[protocol.ID]network.StreamHandler{},
+		handlers: map[protocol.ID]Acceptor{},
 	}
 	for _, ai := range balancers {
 		if err := ai.ID.Validate(); err != nil {
@@ -111,9 +122,15 @@ func (b *Backend) ID() peer.ID { return b.sessions[0].ai.ID }
 // looking like a stream the remote peer opened to this host (see the
 // package's stream and conn types). Replacing a handler keeps the route.
 func (b *Backend) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
+	b.SetStreamAcceptor(pid, func(peer.ID, protocol.ID) (network.StreamHandler, error) { return handler, nil })
+}
+
+// SetStreamAcceptor serves pid as SetStreamHandler does, with accept
+// deciding stream by stream whether to take it and with which handler.
+func (b *Backend) SetStreamAcceptor(pid protocol.ID, accept Acceptor) {
 	b.mu.Lock()
 	_, had := b.handlers[pid]
-	b.handlers[pid] = handler
+	b.handlers[pid] = accept
 	b.mu.Unlock()
 	if !had {
 		b.kickAll()
@@ -145,7 +162,7 @@ func (b *Backend) Protocols() []protocol.ID {
 	return out
 }
 
-func (b *Backend) handler(pid protocol.ID) network.StreamHandler {
+func (b *Backend) acceptor(pid protocol.ID) Acceptor {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.handlers[pid]

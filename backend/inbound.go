@@ -43,8 +43,13 @@ func (b *Backend) handleForward(s network.Stream) {
 	remote, raddr, serr := parseInbound(&req)
 	var handler network.StreamHandler
 	if serr == nil {
-		if handler = b.handler(protocol.ID(req.Protocols[0])); handler == nil {
-			serr = wire.Errorf(pb.Status_REJECTED, "no handler for %s", req.Protocols[0])
+		proto := protocol.ID(req.Protocols[0])
+		if accept := b.acceptor(proto); accept == nil {
+			serr = wire.Errorf(pb.Status_REJECTED, "no handler for %s", proto)
+		} else if h, err := accept(remote, proto); err != nil {
+			serr = wire.Errorf(pb.Status_REJECTED, "%v", err)
+		} else if handler = h; handler == nil {
+			serr = wire.Errorf(pb.Status_REJECTED, "no handler for %s", proto)
 		}
 	}
 	if serr != nil {
@@ -54,8 +59,9 @@ func (b *Backend) handleForward(s network.Stream) {
 	}
 	proto := protocol.ID(req.Protocols[0])
 	if err := wire.WriteMsg(s, &pb.ForwardResponse{Status: pb.Status_OK, Protocol: string(proto)}); err != nil {
+		// The handler still runs, on a dead stream, so that what its
+		// acceptor acquired (a connection to a service) is released.
 		s.Reset()
-		return
 	}
 	_ = s.SetDeadline(time.Time{})
 	sess.lanes.check()

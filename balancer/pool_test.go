@@ -130,3 +130,28 @@ func TestFailover(t *testing.T) {
 		}
 	})
 }
+
+// TestAcceptorRefusal: a backend's acceptor that refuses a stream (say, its
+// local service is down) sends it on to the next backend with no byte lost.
+func TestAcceptorRefusal(t *testing.T) {
+	down, up := newIdentity(t), newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{down, up})
+	bd, _ := f.newBackend(down, nil)
+	var refused atomic.Int64
+	bd.SetStreamAcceptor(pooled, func(peer.ID, protocol.ID) (network.StreamHandler, error) {
+		refused.Add(1)
+		return nil, fmt.Errorf("service unreachable")
+	})
+	var served atomic.Int64
+	bu, _ := f.newBackend(up, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+	waitRegistered(t, bd, pooled)
+	waitRegistered(t, bu, pooled)
+	d := f.newPeer()
+	waitServed(t, d, f.host.ID(), true, pooled)
+	for i := 0; i < 6; i++ {
+		openAndEcho(t, d, f.host.ID(), pooled, randomBytes(t, 64<<10))
+	}
+	if served.Load() != 6 || refused.Load() == 0 {
+		t.Fatalf("served %d of 6, refusals %d", served.Load(), refused.Load())
+	}
+}

@@ -168,7 +168,7 @@ func Start(cfg Config) (*Sidecar, error) {
 	}
 	for _, r := range cfg.Routes {
 		for _, l := range s.links {
-			l.be.SetStreamHandler(r.Protocol, s.inbound(r))
+			l.be.SetStreamAcceptor(r.Protocol, s.inbound(r))
 		}
 	}
 	for i, l := range s.listeners {
@@ -286,33 +286,40 @@ func (s *Sidecar) closeAll() {
 	s.cancel()
 }
 
-// inbound returns the handler that bridges r's forwarded streams.
-func (s *Sidecar) inbound(r Route) network.StreamHandler {
-	return func(str network.Stream) {
-		log := s.log.With("protocol", r.Protocol, "peer", str.Conn().RemotePeer())
+// inbound returns the acceptor that bridges r's forwarded streams. It
+// connects to the service before the stream is accepted, so that when the
+// service is unreachable the stream is refused (REJECTED) and the balancer
+// offers it to the next backend of the pool, rather than accepted and reset.
+func (s *Sidecar) inbound(r Route) backend.Acceptor {
+	return func(remote peer.ID, _ protocol.ID) (network.StreamHandler, error) {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", r.Target)
 		cancel()
 		if err != nil {
-			log.Warn("service unreachable; stream reset", "target", r.Target, "err", err)
+			s.log.Warn("service unreachable; stream refused", "protocol", r.Protocol, "peer", remote, "target", r.Target, "err", err)
+			return nil, fmt.Errorf("service unreachable")
+		}
+		return func(str network.Stream) { s.serveInbound(r, str, c) }, nil
+	}
+}
+
+// serveInbound bridges a forwarded stream to the service connection c.
+func (s *Sidecar) serveInbound(r Route, str network.Stream, c net.Conn) {
+	log := s.log.With("protocol", r.Protocol, "peer", str.Conn().RemotePeer())
+	tc := tcpStream{c.(*net.TCPConn)}
+	if s.cfg.ProxyProtocol {
+		h := proxyHeader(str, c)
+		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.DialTimeout))
+		if _, err := h.WriteTo(c); err != nil {
+			log.Warn("writing PROXY header failed; stream reset", "target", r.Target, "err", err)
+			tc.Reset()
 			str.Reset()
 			return
 		}
-		tc := tcpStream{c.(*net.TCPConn)}
-		if s.cfg.ProxyProtocol {
-			h := proxyHeader(str, c)
-			_ = c.SetWriteDeadline(time.Now().Add(s.cfg.DialTimeout))
-			if _, err := h.WriteTo(c); err != nil {
-				log.Warn("writing PROXY header failed; stream reset", "target", r.Target, "err", err)
-				tc.Reset()
-				str.Reset()
-				return
-			}
-			_ = c.SetWriteDeadline(time.Time{})
-		}
-		s.bridge(log, str, tc)
+		_ = c.SetWriteDeadline(time.Time{})
 	}
+	s.bridge(log, str, tc)
 }
 
 // proxyHeader describes a forwarded stream for the service.
