@@ -46,7 +46,6 @@ func routingRequest(n int) *pb.RoutingRequest {
 	return req
 }
 
-
 func BenchmarkWriteMsg(b *testing.B) {
 	b.Run("Forward", func(b *testing.B) {
 		msg := forwardMsg(b)
