@@ -42,6 +42,14 @@ func (b *Backend) handleForward(s network.Stream) {
 	}
 	remote, raddr, serr := parseInbound(&req)
 	var handler network.StreamHandler
+	if serr == nil && b.draining.Load() {
+		// An offer the balancer chose before it saw the release: refused, so
+		// it goes to another backend, rather than accepted just as Drain
+		// decides that nothing is in flight. (Streams that got this far are
+		// already counted by StreamsInFlight: the host set their protocol
+		// before calling this handler.)
+		serr = wire.Errorf(pb.Status_REJECTED, "backend is draining")
+	}
 	if serr == nil {
 		proto := protocol.ID(req.Protocols[0])
 		if accept := b.acceptor(proto); accept == nil {

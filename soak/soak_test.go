@@ -201,6 +201,8 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 			t.Fatal(err)
 		}
 		be.SetStreamHandler(inProto, echo)
+		// Closed here too, for when the test fails half way.
+		t.Cleanup(func() { be.Close(); h.Close() })
 		testnet.Eventually(t, 10*time.Second, func() bool { return registered(be) }, "backend registered")
 		mu.Lock()
 		pool = append(pool, live{be, h, new(sync.RWMutex)})
