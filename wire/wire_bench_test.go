@@ -148,6 +148,6 @@ func TestRoutingRequestCapacity(t *testing.T) {
 		if err := wire.WriteMsg(&buf, routingRequest(n)); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%d protocol IDs of 21 bytes: %d bytes (limit %d)", n, buf.Len(), wire.MaxMessageSize)
+		t.Logf("%d protocol IDs of 22 bytes: %d bytes (limit %d)", n, buf.Len(), wire.MaxMessageSize)
 	}
 }
