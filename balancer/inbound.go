@@ -31,7 +31,12 @@ func (b *Balancer) handleInbound(s network.Stream) {
 		s.ResetWithError(r.code)
 		return
 	}
-	defer b.admission.releaseInbound(remote)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			b.admission.releaseInbound(remote)
+		}
+	}()
 	fwd := &pb.Forward{
 		Peer:      []byte(remote),
 		Protocols: []string{string(proto)},
@@ -51,7 +56,8 @@ func (b *Balancer) handleInbound(s network.Stream) {
 			continue
 		}
 		b.cfg.tracer.StreamAccepted(Inbound, proto, be.id, time.Since(start))
-		b.carry(Inbound, proto, be, s, bs)
+		b.carry(Inbound, proto, be, s, bs, func() { b.admission.releaseInbound(remote) })
+		handedOff = true
 		return
 	}
 	if len(cands) == 0 {
@@ -100,17 +106,16 @@ func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, err
 
 // carry forwards bytes between the remote side of a stream (the remote peer
 // for inbound, the target for outbound) and the backend side until both are
-// done, counting the stream against backend be while it lasts.
-func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, remote, backendSide network.Stream) {
+// done, counting the stream against backend be while it lasts, and then
+// calls release. It returns at once: the copy runs on goroutines of its own,
+// so that the handler's goroutine, whose stack grew during the handshake,
+// ends (see pipe.Start).
+func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, remote, backendSide network.Stream, release func()) {
 	p := &pair{a: remote, b: backendSide}
 	b.active.add(p)
 	be.active.Add(1)
-	defer func() {
-		be.active.Add(-1)
-		b.active.remove(p)
-	}()
 	tr := b.cfg.tracer
-	res := pipe.Join(remote, backendSide, &pipe.Config{
+	cfg := &pipe.Config{
 		IdleTimeout: b.cfg.idleTimeout,
 		Progress: func(d pipe.Direction, n int) {
 			toBackend := d == pipe.AToB
@@ -121,6 +126,11 @@ func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, rem
 			}
 			tr.BytesForwarded(dir, toBackend, n)
 		},
+	}
+	pipe.Start(remote, backendSide, cfg, func(res pipe.Result) {
+		tr.StreamEnded(dir, proto, be.id, res.AToB, res.BToA, res.Err == nil)
+		be.active.Add(-1)
+		b.active.remove(p)
+		release()
 	})
-	tr.StreamEnded(dir, proto, be.id, res.AToB, res.BToA, res.Err == nil)
 }

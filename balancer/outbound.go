@@ -49,7 +49,12 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		serr = b.admitOutbound(be)
 	}
 	if serr == nil {
-		defer b.releaseOutbound(be)
+		handedOff := false
+		defer func() {
+			if !handedOff {
+				b.releaseOutbound(be)
+			}
+		}()
 		_ = s.SetDeadline(time.Now().Add(b.cfg.dialTimeout))
 		var ts network.Stream
 		start := time.Now()
@@ -63,7 +68,8 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 			}
 			_ = s.SetDeadline(time.Time{})
 			b.cfg.tracer.StreamAccepted(Outbound, ts.Protocol(), from, time.Since(start))
-			b.carry(Outbound, ts.Protocol(), be, ts, s)
+			b.carry(Outbound, ts.Protocol(), be, ts, s, func() { b.releaseOutbound(be) })
+			handedOff = true
 			return
 		}
 	}

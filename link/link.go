@@ -71,6 +71,14 @@ func Room(c network.Conn) int {
 // one with the fewest streams, which spreads load over parallel TCP
 // connections too.
 func pick(conns []network.Conn, pending map[network.Conn]int) network.Conn {
+	// The common case, one TCP connection, needs no stream counts (which
+	// GetStreams would copy on every new stream).
+	if len(conns) == 1 && StreamCap(conns[0]) == 0 {
+		if c := conns[0]; !c.IsClosed() && !c.Stat().Limited {
+			return c
+		}
+		return nil
+	}
 	var best network.Conn
 	bestRoom := 0
 	for _, c := range conns {

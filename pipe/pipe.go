@@ -29,12 +29,13 @@ import (
 const (
 	// smallBufSize is what each direction reads into while it waits for
 	// data. It lives as long as the Join, so two of them are most of what
-	// an idle joined pair costs on the heap. 1 KiB keeps typical request
-	// and response messages in one read and write. 512 B and 2 KiB made
-	// no difference to bulk or 4 KiB-message throughput that the noise
-	// on a 2-core machine let us see; 2 KiB would cost 2 KiB more per
-	// idle pair (and a larger malloc size class, see joiner).
-	smallBufSize = 1024
+	// an idle joined pair costs on the heap. 512 B and 2 KiB made no
+	// difference to bulk or 4 KiB-message throughput that the noise on a
+	// 2-core machine let us see; 512 B took the balancer's idle cost per
+	// forwarded stream under the 16 KiB target (16.8 KiB with 1 KiB, bench
+	// harness, -separate). Small request and response messages still fit
+	// in one read.
+	smallBufSize = 512
 
 	// largeBufSize is borrowed from the pool while data is flowing. In the
 	// project's earlier measurements smaller large buffers cost about 30%
@@ -42,7 +43,13 @@ const (
 	// every yamux Write is one frame, one encryption record and one
 	// syscall (yamux does not coalesce writes); larger ones only add
 	// allocation.
-	largeBufSize = 32 * 1024
+	//
+	// 12 bytes short of 32 KiB: yamux puts a 12-byte header on each Write,
+	// and TLS cuts records at 16 KiB, so a 32 KiB read became two full
+	// records and a third of 12 bytes, one more syscall and seal per 32 KiB
+	// (seen with strace in the bench harness). 32 KiB minus the header is
+	// exactly two records.
+	largeBufSize = 32*1024 - 12
 )
 
 // ErrIdleTimeout is the Result error when no byte moved in either
@@ -197,6 +204,21 @@ func Join(a, b Stream, cfg *Config) Result {
 		_ = b.Close()
 	}
 	return Result{AToB: j.ab.n, BToA: j.ba.n, Err: j.err}
+}
+
+// Start runs Join on a new goroutine and calls done with its Result when
+// both directions have ended. The caller's goroutine is free at once: a
+// stream handler that returns lets go of a stack that grew during protocol
+// negotiation and handshakes, which an idle forwarded stream would
+// otherwise keep for its whole life. Start, like Join, costs two
+// goroutines while the streams are open.
+func Start(a, b Stream, cfg *Config, done func(Result)) {
+	go func() {
+		res := Join(a, b, cfg)
+		if done != nil {
+			done(res)
+		}
+	}()
 }
 
 // joiner is the state of one Join. It is one allocation, small read

@@ -5,10 +5,10 @@ import (
 	"unsafe"
 )
 
-// TestJoinerSize keeps the one allocation per Join in the 2304-byte malloc
-// size class; one byte more and every joined pair pays 384 bytes extra.
+// TestJoinerSize keeps the one allocation per Join in the 1280-byte malloc
+// size class; one byte more and every joined pair pays 256 bytes extra.
 func TestJoinerSize(t *testing.T) {
-	if size := unsafe.Sizeof(joiner{}); size > 2304 {
-		t.Errorf("joiner is %d bytes, over the 2304-byte size class", size)
+	if size := unsafe.Sizeof(joiner{}); size > 1280 {
+		t.Errorf("joiner is %d bytes, over the 1280-byte size class", size)
 	}
 }
