@@ -9,6 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
@@ -93,6 +94,9 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 		if !b.cfg.acl.permits(p, s) {
 			return refuse(pb.Status_PERMISSION_DENIED, "protocol %q is not allowed to this backend", s)
 		}
+	}
+	if size := responseSize(be, req); size > wire.MaxMessageSize {
+		return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's routes would not fit in one %d-byte response (%d bytes of protocol IDs)", wire.MaxMessageSize, size)
 	}
 	if limit := b.cfg.limits.RoutesPerBackend; limit > 0 {
 		n := 0
@@ -317,4 +321,29 @@ func (b *Balancer) traceRoutes() {
 		}
 	}
 	b.cfg.tracer.RoutesChanged(routes, backends)
+}
+
+// responseSize is the size of the RoutingResponse that would list the
+// backend's routes after req, plus room for its other fields. Every
+// response lists all of a backend's routes, so their IDs must fit in one
+// message together; checking it before the request is applied keeps the
+// request all or nothing.
+func responseSize(be *backendState, req *pb.RoutingRequest) int {
+	after := map[string]bool{}
+	if be != nil {
+		for p := range be.routes {
+			after[string(p)] = true
+		}
+	}
+	for _, p := range req.GetProtocols() {
+		after[p] = true
+	}
+	for _, p := range req.GetRelease() {
+		delete(after, p)
+	}
+	size := 16 // status and ttl_seconds, with their tags
+	for p := range after {
+		size += 1 + protowire.SizeVarint(uint64(len(p))) + len(p)
+	}
+	return size
 }
