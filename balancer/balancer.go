@@ -46,6 +46,11 @@ type Balancer struct {
 	// admission enforces the balancer-wide and per-remote-peer limits.
 	admission admission
 
+	// protoEmitter announces changes of the routed protocols (see
+	// announce); added and removed collect them meanwhile, under mu.
+	protoEmitter   event.Emitter
+	added, removed []protocol.ID
+
 	mu        sync.Mutex
 	closed    bool
 	backends  map[peer.ID]*backendState
@@ -66,17 +71,23 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 	if err != nil {
 		return nil, err
 	}
+	em, err := h.EventBus().Emitter(new(event.EvtLocalProtocolsUpdated))
+	if err != nil {
+		sub.Close()
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Balancer{
-		h:         h,
-		cfg:       cfg,
-		log:       cfg.log.With("component", "balancer"),
-		ctx:       ctx,
-		cancel:    cancel,
-		sub:       sub,
-		backends:  map[peer.ID]*backendState{},
-		pools:     map[protocol.ID]*pool{},
-		installed: map[protocol.ID]bool{},
+		h:            h,
+		cfg:          cfg,
+		log:          cfg.log.With("component", "balancer"),
+		ctx:          ctx,
+		cancel:       cancel,
+		sub:          sub,
+		protoEmitter: em,
+		backends:     map[peer.ID]*backendState{},
+		pools:        map[protocol.ID]*pool{},
+		installed:    map[protocol.ID]bool{},
 	}
 	b.active.init()
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
@@ -134,9 +145,12 @@ func (b *Balancer) stopAccepting() {
 	b.h.RemoveStreamHandler(wire.RoutingRequestID)
 	b.h.RemoveStreamHandler(wire.ForwardID)
 	for proto := range b.installed {
-		b.h.RemoveStreamHandler(proto)
+		b.h.Mux().RemoveHandler(proto)
+		b.removed = append(b.removed, proto)
 	}
 	b.installed = map[protocol.ID]bool{}
+	b.announce()
+	b.protoEmitter.Close()
 	for _, be := range b.backends {
 		for _, r := range be.routes {
 			r.timer.Stop()
