@@ -1,0 +1,5 @@
+//go:build !race
+
+package netfault_test
+
+const raceEnabled = false
