@@ -16,6 +16,7 @@ type config struct {
 	backoffMax       time.Duration
 	lanes            bool
 	weight           uint32
+	keepalive        time.Duration
 	log              *slog.Logger
 }
 
@@ -26,6 +27,7 @@ func defaultConfig() config {
 		backoffMin:       100 * time.Millisecond,
 		backoffMax:       30 * time.Second,
 		lanes:            true,
+		keepalive:        5 * time.Second,
 		log:              slog.Default(),
 	}
 }
@@ -94,6 +96,24 @@ func WithLogger(l *slog.Logger) Option {
 func WithWeight(w uint32) Option {
 	return func(c *config) error {
 		c.weight = w
+		return nil
+	}
+}
+
+// WithKeepalive sets how often, at the least, the backend sends its
+// registration to each balancer even when the TTL would allow waiting
+// longer; default 5 s, 0 to extend only at half the TTL. Besides extending
+// the routes, it is the backend's liveness check of the link: after two
+// exchanges in a row with no answer at all, the backend drops its
+// connections to that balancer and dials anew, which finds a cut link or a
+// balancer restarted without a word within seconds rather than after
+// go-libp2p's 30–45 s keepalive timeouts.
+func WithKeepalive(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("backend: keepalive %v: must not be negative", d)
+		}
+		c.keepalive = d
 		return nil
 	}
 }

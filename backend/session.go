@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -90,6 +91,7 @@ func (s *session) run() {
 	backoff := s.b.cfg.backoffMin
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	silent := 0 // exchanges in a row that failed without an answer
 	for {
 		select {
 		case <-s.b.ctx.Done():
@@ -103,8 +105,28 @@ func (s *session) run() {
 			s.setStatus(func(st *Status) { st.LastError = err })
 			next = backoff + rand.N(backoff/5+1)
 			backoff = min(2*backoff, s.b.cfg.backoffMax)
+			var se *wire.StatusError
+			if !errors.As(err, &se) {
+				silent++
+			}
+			if silent >= 2 {
+				// Two exchanges in a row got no answer at all on a
+				// connection the host still believes in: a cut link or a
+				// balancer that died without a word (QUIC sends no RST).
+				// go-libp2p's keepalives would notice only after 30 to 45
+				// s; dropping the connections makes the next step redial.
+				s.dropConns()
+				silent = 0
+			}
 		} else {
 			backoff = s.b.cfg.backoffMin
+			silent = 0
+		}
+		// Even with a long TTL, talk to the balancer every keepalive
+		// interval: that is how a dead link or a restarted balancer is
+		// found within seconds.
+		if s.b.cfg.keepalive > 0 {
+			next = min(next, s.b.cfg.keepalive)
 		}
 		timer.Reset(next)
 	}
@@ -262,4 +284,12 @@ func (b *Backend) Status() []Status {
 // session already backs off on its own terms.
 func (s *session) connect(ctx context.Context) error {
 	return s.b.h.Connect(network.WithForceDirectDial(ctx, "balancer link"), s.ai)
+}
+
+// dropConns closes every connection to the balancer, the lanes' too, so
+// that the next step dials anew.
+func (s *session) dropConns() {
+	for _, c := range s.lanes.conns() {
+		_ = c.Close()
+	}
 }

@@ -98,6 +98,10 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 	h.SetStreamHandler(wire.ForwardID, b.handleOutbound)
 	b.wg.Add(1)
 	go b.watchConnectedness()
+	if cfg.probeInterval > 0 {
+		b.wg.Add(1)
+		go b.probeBackends()
+	}
 	return b, nil
 }
 

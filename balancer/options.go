@@ -22,6 +22,7 @@ type config struct {
 	health           Health
 	policies         []policyRule
 	tracer           Tracer
+	probeInterval    time.Duration
 	log              *slog.Logger
 }
 
@@ -35,6 +36,7 @@ func defaultConfig() config {
 		limits:           DefaultLimits(),
 		health:           DefaultHealth(),
 		tracer:           nopTracer{},
+		probeInterval:    5 * time.Second,
 		log:              slog.Default(),
 	}
 }
@@ -149,4 +151,21 @@ func CheckOptions(opts ...Option) error {
 		}
 	}
 	return nil
+}
+
+// WithProbeInterval sets how often the balancer pings each connected
+// backend that has routes (go-libp2p's ping protocol, on the backend's own
+// host); default 5 s, 0 to turn probing off. A backend that does not answer
+// within the interval is disconnected, which suspends its routes at once:
+// without it a cut link is noticed only by go-libp2p's keepalives, after 30
+// to 45 s. Any answer counts, "protocol not supported" included, so a
+// backend host without ping is never disconnected for it.
+func WithProbeInterval(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("balancer: probe interval %v: must not be negative", d)
+		}
+		c.probeInterval = d
+		return nil
+	}
 }

@@ -109,3 +109,28 @@ func TestExpiryKeepsStreams(t *testing.T) {
 		t.Fatalf("stream across expiry: %q, %v", got, err)
 	}
 }
+
+// TestProbeDisconnectsSilentBackend: a backend whose connection is up but
+// which never answers (here: its host stops reading, as on a cut link) is
+// disconnected by the balancer's probe and its routes suspended, well before
+// go-libp2p's keepalives would notice.
+func TestProbeDisconnectsSilentBackend(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithProbeInterval(300*time.Millisecond))
+	ah := rawBackend(t, f, a)
+	const proto protocol.ID = "/test/probed"
+	if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+		t.Fatalf("register: %v", resp)
+	}
+	d := f.newPeer()
+	waitServed(t, d, f.host.ID(), true, proto)
+	// A ping handler that never answers: the backend is connected but
+	// silent.
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	ah.SetStreamHandler("/ipfs/ping/1.0.0", func(s network.Stream) { <-hold; s.Reset() })
+	waitServed(t, d, f.host.ID(), false, proto)
+	if routes := f.lb.Routes(); len(routes) != 1 || routes[0].Connected {
+		t.Fatalf("routes after the probe: %+v, want one, suspended", routes)
+	}
+}
