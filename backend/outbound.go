@@ -43,8 +43,7 @@ func (b *Backend) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID)
 			return str, nil
 		}
 		lastErr = err
-		var se *wire.StatusError
-		if errors.As(err, &se) && se.Status != pb.Status_DIAL_FAILED {
+		if !TryAnother(err) {
 			return nil, err
 		}
 		if ctx.Err() != nil {
@@ -52,6 +51,15 @@ func (b *Backend) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID)
 		}
 	}
 	return nil, lastErr
+}
+
+// TryAnother reports whether an outbound failure through one balancer is
+// worth trying through another: that balancer could not be reached, or it
+// could not reach the target (DIAL_FAILED). Any other refusal would be the
+// same everywhere.
+func TryAnother(err error) bool {
+	var se *wire.StatusError
+	return !errors.As(err, &se) || se.Status == pb.Status_DIAL_FAILED
 }
 
 // orderedSessions lists sessions with connected balancers first.

@@ -41,10 +41,8 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/node"
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
-	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
 // Config describes a Sidecar.
@@ -415,8 +413,7 @@ func (s *Sidecar) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID)
 			return str, nil
 		}
 		lastErr = err
-		var se *wire.StatusError
-		if errors.As(err, &se) && se.Status != pb.Status_DIAL_FAILED {
+		if !backend.TryAnother(err) {
 			return nil, err
 		}
 		if ctx.Err() != nil {
