@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"os"
 	"os/exec"
 	"slices"
@@ -169,7 +170,7 @@ func startBrowser(t *testing.T) *browser {
 		"--remote-debugging-pipe", "about:blank")
 	cmd.ExtraFiles = []*os.File{inR, outW} // fds 3 and 4
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var stderr syncBuffer
+	var stderr proctest.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", bin, err)

@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,25 +54,7 @@ type fixture struct {
 	events *admin.Events
 	srv    *admin.Server
 	client *admin.Client
-	logs   *syncBuffer // what the admin Handler logged
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use, for logs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs   *proctest.SyncBuffer // what the admin Handler logged
 }
 
 // newFixture starts a balancer that allows the given backends any protocol,
@@ -103,7 +85,7 @@ func newFixture(t *testing.T, allowed []identity, token string) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lb.Close() })
-	logs := &syncBuffer{}
+	logs := &proctest.SyncBuffer{}
 	srv := &admin.Server{
 		Addr: "127.0.0.1:0",
 		Handler: &admin.Handler{

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"io"
 	"net"
 	"net/http"
@@ -72,8 +73,8 @@ func TestMain(m *testing.M) {
 	bin = filepath.Join(dir, "balancer")
 	remoteBin = filepath.Join(dir, "remote")
 	errc := make(chan error, 1)
-	go func() { errc <- build(remoteBin, "./internal/remote") }()
-	err = errors.Join(build(bin, "../cmd/balancer"), <-errc)
+	go func() { errc <- proctest.Build(remoteBin, "./internal/remote") }()
+	err = errors.Join(proctest.Build(bin, "../cmd/balancer"), <-errc)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
@@ -84,59 +85,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// build compiles pkg to out, without the race detector, which makes each
-// process several times slower (cmd/balancer's end-to-end tests do the
-// same); the packages the binaries are made of run their own tests under
-// -race. BALANCER_E2E_RACE=1 builds them with -race when the tests have it.
-func build(out, pkg string) error {
-	args := []string{"build", "-o", out}
-	if raceEnabled && os.Getenv("BALANCER_E2E_RACE") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(goTool(), append(args, pkg)...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-	}
-	return nil
-}
-
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
-
 // proc is a process of a binary under test, run in a namespace with `ip
 // netns exec` (which execs it: the process is the binary). It is killed
 // when the test ends, and its output is logged if the test failed.
@@ -144,8 +92,8 @@ type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout proctest.SyncBuffer
+	stderr proctest.SyncBuffer
 	done   chan struct{}
 	err    error     // valid after done
 	ended  time.Time // valid after done

@@ -1,16 +1,15 @@
 package main_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -34,8 +33,8 @@ func TestMain(m *testing.M) {
 	}
 	bin = filepath.Join(dir, "balancer")
 	whoamiBin = filepath.Join(dir, "whoami")
-	if err := build(bin, "."); err == nil {
-		err = build(whoamiBin, "../../examples/whoami")
+	if err := proctest.Build(bin, "."); err == nil {
+		err = proctest.Build(whoamiBin, "../../examples/whoami")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -47,62 +46,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// build compiles pkg to out. The binaries are built without the race
-// detector, which makes each process several times slower to start and run
-// (the whole set took 45 s instead of 11 s on two cores); the packages they
-// are made of run their own tests in-process under -race. Set
-// BALANCER_E2E_RACE=1 to build them with -race when the tests have it.
-func build(out, pkg string) error {
-	args := []string{"build", "-o", out}
-	if raceEnabled && os.Getenv("BALANCER_E2E_RACE") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(goTool(), append(args, pkg)...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-	}
-	return nil
-}
-
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a process of a binary under test. It is killed when the test
 // ends, and its standard error is logged if the test failed.
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout proctest.SyncBuffer
+	stderr proctest.SyncBuffer
 	done   chan struct{}
 	err    error // valid after done
 }

@@ -1,5 +1,5 @@
 //go:build !race
 
-package netfault_test
+package proctest
 
 const raceEnabled = false

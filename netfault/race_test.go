@@ -1,5 +1,0 @@
-//go:build race
-
-package netfault_test
-
-const raceEnabled = true
