@@ -42,6 +42,10 @@ type Config struct {
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// IdleTimeout resets a forwarded stream idle for this long; 0 never.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// ProbeInterval is how often each connected backend with routes is
+	// pinged; one that does not answer within it is disconnected, which
+	// suspends its routes. 0 turns probing off.
+	ProbeInterval time.Duration `yaml:"probe_interval"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json.
@@ -135,6 +139,7 @@ func DefaultConfig() Config {
 		DialTimeout:      DefaultDialTimeout,
 		LogLevel:         "info",
 		LogFormat:        "text",
+		ProbeInterval:    5 * time.Second,
 		Admin:            DefaultAdmin,
 		Limits: Limits{
 			ProtocolsPerRequest: balancer.DefaultLimits().ProtocolsPerRequest,

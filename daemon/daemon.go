@@ -74,6 +74,7 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		balancer.WithTTL(cfg.TTLDefault, cfg.TTLMax),
 		balancer.WithIdleTimeout(cfg.IdleTimeout),
 	}
+	opts = append(opts, balancer.WithProbeInterval(cfg.ProbeInterval))
 	if cfg.HandshakeTimeout > 0 {
 		opts = append(opts, balancer.WithHandshakeTimeout(cfg.HandshakeTimeout))
 	}
@@ -183,6 +184,8 @@ func (c *Config) Check() ([]ma.Multiaddr, error) {
 		return nil, fmt.Errorf("drain-timeout %v: must not be negative", c.DrainTimeout)
 	case c.IdleTimeout < 0:
 		return nil, fmt.Errorf("idle-timeout %v: must not be negative", c.IdleTimeout)
+	case c.ProbeInterval < 0:
+		return nil, fmt.Errorf("probe-interval %v: must not be negative", c.ProbeInterval)
 	case c.HandshakeTimeout < 0:
 		return nil, fmt.Errorf("handshake-timeout %v: must not be negative", c.HandshakeTimeout)
 	case c.DialTimeout < 0:

@@ -47,6 +47,7 @@ loopback unless --admin-public is given, which then requires a token.`,
 		fs.DurationVar(&fc.HandshakeTimeout, "handshake-timeout", def.HandshakeTimeout, "how long a backend may take to accept a forwarded stream")
 		fs.DurationVar(&fc.DialTimeout, "dial-timeout", def.DialTimeout, "how long reaching the target of a backend's outbound stream may take")
 		fs.DurationVar(&fc.IdleTimeout, "idle-timeout", def.IdleTimeout, "reset a forwarded stream idle for this long (0: never)")
+		fs.DurationVar(&fc.ProbeInterval, "probe-interval", def.ProbeInterval, "ping each backend this often; one that does not answer in time is\ndisconnected and its routes suspended (0: off)")
 		fs.StringVar(&fc.LogLevel, "log-level", def.LogLevel, "`LEVEL`: debug, info, warn or error")
 		fs.StringVar(&fc.LogFormat, "log-format", def.LogFormat, "`FORMAT` of the logs: text or json")
 		fs.StringVar(&fc.Admin, "admin", def.Admin, "`HOST:PORT` of the admin listener (metrics, JSON API, status page); off to disable")
@@ -91,6 +92,8 @@ loopback unless --admin-public is given, which then requires a token.`,
 					cfg.DialTimeout = fc.DialTimeout
 				case "idle-timeout":
 					cfg.IdleTimeout = fc.IdleTimeout
+				case "probe-interval":
+					cfg.ProbeInterval = fc.ProbeInterval
 				case "log-level":
 					cfg.LogLevel = fc.LogLevel
 				case "log-format":
