@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 )
 
 // TestLatencyAndLoss: with 50 ms of round-trip time and 1% packet loss on
@@ -45,7 +47,7 @@ func testLatencyAndLoss(t *testing.T, tr transport) {
 	}
 
 	dir := t.TempDir()
-	aKey, aID := keyFile(t, dir, "a.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	const in, out = "/nf/in/1.0.0", "/nf/out/1.0.0"
 	d := startIn(t, n.nsD, remoteBin, "remote-d", false, "--listen", listenAddr(tr, addrD, 4002), "--echo", out)
 	dAddr := strings.TrimPrefix(d.lines(t, 1, 30*time.Second)[0], "addr ")

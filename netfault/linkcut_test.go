@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
 
 const cutProto = "/nf/echo/1.0.0"
@@ -26,7 +29,7 @@ func newCutSetup(t *testing.T, tr transport, ttl string) *cutSetup {
 	t.Helper()
 	n := newNet(t)
 	dir := t.TempDir()
-	aKey, aID := keyFile(t, dir, "a.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	lb := n.serve(t, tr, dir+"/lb.key", "--allow", aID.String(), "--ttl-default", ttl)
 	echo := n.startEcho(t)
 	side := n.sidecar(t, aKey, lb.addr, "--route", cutProto+"="+echo.addr)
@@ -73,7 +76,7 @@ func TestLinkCutWithinTTL(t *testing.T) {
 			// route works.
 			long := startIn(t, n.nsD, bin, "dial-long", true, "dial", lb.addr, cutProto)
 			io.WriteString(long.stdin, "before the cut\n")
-			eventually(t, 20*time.Second, func() bool { return long.stdout.String() == "before the cut\n" },
+			testnet.Eventually(t, 20*time.Second, func() bool { return long.stdout.String() == "before the cut\n" },
 				"the stream in flight to echo")
 
 			n.cut()
@@ -147,7 +150,7 @@ func TestLinkCutPastTTL(t *testing.T) {
 			}
 			s.refused(t)
 			// The sidecar has noticed, and retries on its own.
-			eventually(t, 30*time.Second, func() bool { return s.sidecar.countErr("registration failed") > 0 },
+			testnet.Eventually(t, 30*time.Second, func() bool { return s.sidecar.countErr("registration failed") > 0 },
 				"the sidecar to log a failed registration")
 
 			n.router.isolate(netip.Addr{})

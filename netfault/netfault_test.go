@@ -23,7 +23,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"io"
 	"net"
 	"net/http"
@@ -39,11 +38,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/peer"
-
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
 
 // bin and remoteBin are the binaries under test, built once by TestMain.
@@ -212,7 +210,7 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 func (p *proc) lines(t *testing.T, n int, timeout time.Duration) []string {
 	t.Helper()
 	var out []string
-	eventually(t, timeout, func() bool {
+	testnet.Eventually(t, timeout, func() bool {
 		s := p.stdout.String()
 		if strings.Count(s, "\n") < n {
 			return p.exited()
@@ -232,7 +230,7 @@ func (p *proc) lines(t *testing.T, n int, timeout time.Duration) []string {
 func (p *proc) next(t *testing.T, timeout time.Duration, words ...string) []string {
 	t.Helper()
 	var found []string
-	eventually(t, timeout, func() bool {
+	testnet.Eventually(t, timeout, func() bool {
 		lines := strings.Split(p.stdout.String(), "\n")
 		for ; p.cursor < len(lines)-1; p.cursor++ { // the last is unfinished
 			f := strings.Fields(lines[p.cursor])
@@ -255,40 +253,6 @@ func (p *proc) next(t *testing.T, timeout time.Duration, words ...string) []stri
 // countErr counts the occurrences of s on standard error.
 func (p *proc) countErr(s string) int {
 	return strings.Count(p.stderr.String(), s)
-}
-
-// eventually polls cond every 20 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for "+msg, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// keyFile writes a new identity to dir/name and returns its path and ID.
-func keyFile(t *testing.T, dir, name string) (string, peer.ID) {
-	t.Helper()
-	k, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := crypto.MarshalPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, id
 }
 
 // transport is what a test's libp2p connections run over.

@@ -6,6 +6,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
 
 // TestBalancerProcessRestart: the balancer process is stopped and started
@@ -38,7 +41,7 @@ func TestBalancerProcessRestart(t *testing.T) {
 			t.Parallel()
 			n := newNet(t)
 			dir := t.TempDir()
-			aKey, aID := keyFile(t, dir, "a.key")
+			aKey, aID := proctest.KeyFile(t, dir, "a.key")
 			lbKey := dir + "/lb.key"
 			lb := n.serve(t, c.tr, lbKey, "--allow", aID.String())
 			echo := n.startEcho(t)
@@ -54,7 +57,7 @@ func TestBalancerProcessRestart(t *testing.T) {
 			if again.addr != lb.addr {
 				t.Fatalf("the restarted balancer prints %s, want %s", again.addr, lb.addr)
 			}
-			eventually(t, c.within, func() bool { return again.countErr("routes changed") > 0 },
+			testnet.Eventually(t, c.within, func() bool { return again.countErr("routes changed") > 0 },
 				"the sidecar to register with the restarted balancer")
 			registered := time.Since(started)
 			n.waitRoute(t, again.addr, cutProto, 20*time.Second)

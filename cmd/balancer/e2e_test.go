@@ -15,6 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/node"
 	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
 )
@@ -38,9 +40,9 @@ func peerOf(t *testing.T, addr string) peer.ID {
 func TestSeedScenario(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	aKey, aID := keyFile(t, dir, "a.key")
-	bKey, bID := keyFile(t, dir, "b.key")
-	dKey, dID := keyFile(t, dir, "d.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
+	bKey, bID := proctest.KeyFile(t, dir, "b.key")
+	dKey, dID := proctest.KeyFile(t, dir, "d.key")
 	_, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"),
 		"--allow", aID.String()+"=/seed/a1/1.0.0,/seed/a2/1.0.0",
 		"--allow", bID.String()+"=/seed/b*")
@@ -130,7 +132,7 @@ func TestSeedScenario(t *testing.T) {
 	// Outbound: a local TCP client of sidecar B reaches E through the
 	// balancer on B2. E half-closes first and still gets the client's data.
 	var c net.Conn
-	eventually(t, 20*time.Second, func() bool {
+	testnet.Eventually(t, 20*time.Second, func() bool {
 		c, err = net.Dial("tcp", outAddr)
 		return err == nil
 	}, "sidecar B's outbound listener")
@@ -210,7 +212,7 @@ func TestServeBadConfig(t *testing.T) {
 func TestServeDrainsOnSIGTERM(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	aKey, aID := keyFile(t, dir, "a.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	lb, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", "30s")
 	svc := startEcho(t, false)
 	start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.addr)
@@ -222,7 +224,7 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 
 	lb.signal(t, syscall.SIGTERM)
 	// New streams are refused while the one in flight goes on.
-	eventually(t, 20*time.Second, func() bool {
+	testnet.Eventually(t, 20*time.Second, func() bool {
 		return dialOnce(t, "new", "--timeout", "5s", lbAddr, "/drain/1.0.0").code != 0
 	}, "new streams to be refused after SIGTERM")
 	if lb.exited() {
@@ -246,7 +248,7 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 func TestServeDrainTimeout(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	aKey, aID := keyFile(t, dir, "a.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	lb, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", "1s")
 	svc := startEcho(t, false)
 	start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.addr)
@@ -279,7 +281,7 @@ func TestTwoInstances(t *testing.T) {
 	if code := idp.wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("id exited %d", code)
 	}
-	aKey, aID := keyFile(t, dir, "a.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	allow := aID.String() + "=/two/*"
 	lb1, addr1 := serve(t, "lb1", "--identity", shared, "--allow", allow)
 	_, addr2 := serve(t, "lb2", "--identity", shared, "--allow", allow)
@@ -413,7 +415,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 		"--route", "/whoami/1.0.0="+svcAddr, "--proxy-protocol")
 	dID := run("id", "--identity", "d.key")
 	var res dialResult
-	eventually(t, 30*time.Second, func() bool {
+	testnet.Eventually(t, 30*time.Second, func() bool {
 		res = dialOnce(t, "hello\n", "--identity", filepath.Join(dir, "d.key"), lbAddr, "/whoami/1.0.0")
 		return res.code == 0
 	}, "the walk-through's dial to succeed")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"io"
 	"net"
 	"os"
@@ -16,9 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/peer"
-
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
 )
 
@@ -150,7 +148,7 @@ func (p *proc) signal(t *testing.T, sig os.Signal) {
 func (p *proc) lines(t *testing.T, n int, timeout time.Duration) []string {
 	t.Helper()
 	var out []string
-	eventually(t, timeout, func() bool {
+	testnet.Eventually(t, timeout, func() bool {
 		s := p.stdout.String()
 		if strings.Count(s, "\n") < n {
 			return false
@@ -164,42 +162,8 @@ func (p *proc) lines(t *testing.T, n int, timeout time.Duration) []string {
 // waitOutput waits until standard output contains want.
 func (p *proc) waitOutput(t *testing.T, want string, timeout time.Duration) {
 	t.Helper()
-	eventually(t, timeout, func() bool { return strings.Contains(p.stdout.String(), want) },
+	testnet.Eventually(t, timeout, func() bool { return strings.Contains(p.stdout.String(), want) },
 		"%q on %s's standard output", want, p.name)
-}
-
-// eventually polls cond every 20 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for "+msg, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// keyFile writes a new identity to dir/name and returns its path and ID.
-func keyFile(t *testing.T, dir, name string) (string, peer.ID) {
-	t.Helper()
-	k, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := crypto.MarshalPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, id
 }
 
 // serve starts `balancer serve` on a free loopback TCP port with args, and

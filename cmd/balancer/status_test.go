@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 )
 
 // freePort returns a loopback address with a port nobody listens on now.
@@ -26,7 +28,7 @@ func freePort(t *testing.T) string {
 func TestStatusAndAdmin(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	aKey, aID := keyFile(t, dir, "a.key")
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	admin := freePort(t)
 	_, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--admin", admin)
 	echo := startEcho(t, false)

@@ -10,6 +10,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Build compiles pkg to out. The binaries are built without the race
@@ -64,4 +68,27 @@ func (b *SyncBuffer) Bytes() []byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return bytes.Clone(b.buf.Bytes())
+}
+
+// KeyFile writes a new Ed25519 identity to dir/name, in the format of
+// `balancer --identity`, and returns its path and peer ID.
+func KeyFile(t testing.TB, dir, name string) (string, peer.ID) {
+	t.Helper()
+	k, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := crypto.MarshalPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, id
 }
