@@ -17,7 +17,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // scenario is the known run the admin tests check figures against: on real

@@ -12,8 +12,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	msmux "github.com/multiformats/go-multistream"
 
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // handleOutbound serves a forward stream a backend opened to reach a peer

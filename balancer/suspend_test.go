@@ -13,8 +13,8 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // rawBackend is a backend driven by hand: it registers with explicit

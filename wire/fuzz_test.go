@@ -8,8 +8,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // fuzzMessages decodes data as a sequence of framed messages of one type,

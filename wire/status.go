@@ -3,7 +3,7 @@ package wire
 import (
 	"fmt"
 
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // StatusError is a refusal received from, or to be sent to, the other side:

@@ -10,8 +10,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // The codec runs once or twice per forwarded stream (the Forward and its

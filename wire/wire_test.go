@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 func TestReaderStopsAtMessageEnd(t *testing.T) {

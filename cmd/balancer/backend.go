@@ -12,8 +12,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/libp2p-balancer/libp2p-balancer/keyfile"
-	"github.com/libp2p-balancer/libp2p-balancer/sidecar"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
 )
 
 var backendCmd = &command{

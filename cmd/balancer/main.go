@@ -17,7 +17,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/libp2p-balancer/libp2p-balancer/logging"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 )
 
 // command is one subcommand.

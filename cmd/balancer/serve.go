@@ -8,8 +8,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/libp2p-balancer/libp2p-balancer/daemon"
-	"github.com/libp2p-balancer/libp2p-balancer/logging"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 )
 
 var serveCmd = &command{

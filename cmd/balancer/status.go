@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
-	"github.com/libp2p-balancer/libp2p-balancer/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
 )
 
 var statusCmd = &command{

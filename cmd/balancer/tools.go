@@ -15,10 +15,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
-	"github.com/libp2p-balancer/libp2p-balancer/daemon"
-	"github.com/libp2p-balancer/libp2p-balancer/demo"
-	"github.com/libp2p-balancer/libp2p-balancer/dial"
-	"github.com/libp2p-balancer/libp2p-balancer/keyfile"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/demo"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/dial"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/libp2p-balancer/libp2p-balancer/keyfile"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
 )
 
 func TestLoadOrCreate(t *testing.T) {

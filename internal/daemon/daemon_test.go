@@ -12,7 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/libp2p-balancer/libp2p-balancer/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
 )
 
 func newPeerID(t *testing.T) peer.ID {
@@ -26,13 +26,13 @@ func newPeerID(t *testing.T) peer.ID {
 
 // TestExampleConfig: the shipped example parses and documents the defaults.
 func TestExampleConfig(t *testing.T) {
-	path := filepath.Join("..", "balancer.example.yaml")
+	path := filepath.Join("..", "..", "balancer.example.yaml")
 	cfg := daemon.Config{}
 	if err := daemon.LoadFile(path, &cfg); err != nil {
 		t.Fatal(err)
 	}
 	want := daemon.DefaultConfig()
-	want.Identity = filepath.Join("..", daemon.DefaultIdentity)
+	want.Identity = filepath.Join("..", "..", daemon.DefaultIdentity)
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("example config\n%+v\nwant the defaults\n%+v", cfg, want)
 	}

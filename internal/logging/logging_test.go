@@ -8,7 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 
-	"github.com/libp2p-balancer/libp2p-balancer/logging"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 )
 
 func TestFormats(t *testing.T) {

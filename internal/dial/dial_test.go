@@ -13,8 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
-	"github.com/libp2p-balancer/libp2p-balancer/dial"
-	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/dial"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 )
 
 // target starts a peer serving /upper (answers in upper case after the

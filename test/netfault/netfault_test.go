@@ -39,7 +39,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
-	"github.com/libp2p-balancer/libp2p-balancer/daemon"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
@@ -72,7 +72,7 @@ func TestMain(m *testing.M) {
 	remoteBin = filepath.Join(dir, "remote")
 	errc := make(chan error, 1)
 	go func() { errc <- proctest.Build(remoteBin, "./internal/remote") }()
-	err = errors.Join(proctest.Build(bin, "../cmd/balancer"), <-errc)
+	err = errors.Join(proctest.Build(bin, "../../cmd/balancer"), <-errc)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)

@@ -38,7 +38,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
-	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 )
 
 // out serialises lines on standard output.

@@ -26,9 +26,9 @@ import (
 	msmux "github.com/multiformats/go-multistream"
 )
 
-// QUICStreamCap is the number of concurrent streams one side may open on a
+// quicStreamCap is the number of concurrent streams one side may open on a
 // QUIC connection to a go-libp2p peer (p2p/transport/quicreuse/config.go).
-const QUICStreamCap = 256
+const quicStreamCap = 256
 
 // StreamCap returns how many streams this side may have open in direction dir
 // on c at once, or 0 when the transport sets no fixed cap (yamux over TCP:
@@ -44,14 +44,14 @@ func StreamCap(c network.Conn) int {
 		return true
 	})
 	if capped {
-		return QUICStreamCap
+		return quicStreamCap
 	}
 	return 0
 }
 
-// Room returns how many more streams this side may open on c now; a large
+// room returns how many more streams this side may open on c now; a large
 // number stands for "no fixed cap".
-func Room(c network.Conn) int {
+func room(c network.Conn) int {
 	limit := StreamCap(c)
 	if limit == 0 {
 		return 1 << 30
@@ -85,12 +85,12 @@ func pick(conns []network.Conn, pending map[network.Conn]int) network.Conn {
 		if c.IsClosed() || c.Stat().Limited {
 			continue
 		}
-		room := Room(c) - pending[c]
+		free := room(c) - pending[c]
 		if StreamCap(c) == 0 {
-			room -= len(c.GetStreams())
+			free -= len(c.GetStreams())
 		}
-		if room > 0 && (best == nil || room > bestRoom) {
-			best, bestRoom = c, room
+		if free > 0 && (best == nil || free > bestRoom) {
+			best, bestRoom = c, free
 		}
 	}
 	return best
@@ -106,10 +106,10 @@ type Opener struct {
 	pending map[network.Conn]int
 }
 
-// ErrNoConn is returned by Open when there is no connection to the peer at
+// errNoConn is returned by Open when there is no connection to the peer at
 // all: waiting would not help, since backends dial the balancer, not the
 // other way round.
-var ErrNoConn = errors.New("no connection to the peer")
+var errNoConn = errors.New("no connection to the peer")
 
 // Open opens a stream for proto on the connection among conns() with the
 // most room, waiting while every connection is at its cap (a backend opens a
@@ -119,7 +119,7 @@ func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto pr
 	for {
 		cs := conns()
 		if len(cs) == 0 {
-			return nil, ErrNoConn
+			return nil, errNoConn
 		}
 		o.mu.Lock()
 		c := pick(cs, o.pending)
@@ -131,7 +131,7 @@ func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto pr
 		}
 		o.mu.Unlock()
 		if c != nil {
-			s, err := NewStream(ctx, c, proto)
+			s, err := newStream(ctx, c, proto)
 			o.mu.Lock()
 			if o.pending[c]--; o.pending[c] == 0 {
 				delete(o.pending, c)
@@ -150,12 +150,12 @@ func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto pr
 	}
 }
 
-// NewStream opens a stream on c for proto. Protocol negotiation is lazy: the
+// newStream opens a stream on c for proto. Protocol negotiation is lazy: the
 // multistream-select proposal goes out with the first write and its answer is
 // read with the first read, so a request–response handshake costs no extra
 // round trip. A peer that does not speak proto shows up as an error on that
 // first read.
-func NewStream(ctx context.Context, c network.Conn, proto protocol.ID) (network.Stream, error) {
+func newStream(ctx context.Context, c network.Conn, proto protocol.ID) (network.Stream, error) {
 	s, err := c.NewStream(ctx)
 	if err != nil {
 		return nil, err

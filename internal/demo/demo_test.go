@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p-balancer/libp2p-balancer/demo"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/demo"
 )
 
 func TestRun(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
-	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 )
 
 // DefaultTimeout is Config.Timeout's default.

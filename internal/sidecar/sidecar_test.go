@@ -20,9 +20,9 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
-	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
 	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
-	"github.com/libp2p-balancer/libp2p-balancer/sidecar"
 )
 
 var loopback = []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}

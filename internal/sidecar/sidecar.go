@@ -40,7 +40,7 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
-	"github.com/libp2p-balancer/libp2p-balancer/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
 )

@@ -25,10 +25,10 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
-	"github.com/libp2p-balancer/libp2p-balancer/keyfile"
-	"github.com/libp2p-balancer/libp2p-balancer/logging"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/metrics"
-	"github.com/libp2p-balancer/libp2p-balancer/node"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 

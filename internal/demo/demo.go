@@ -31,9 +31,9 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
-	"github.com/libp2p-balancer/libp2p-balancer/node"
-	"github.com/libp2p-balancer/libp2p-balancer/pb"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // The demo's protocols.

@@ -387,7 +387,7 @@ const file_balancer_proto_rawDesc = "" +
 	"\vDIAL_FAILED\x10\xcb\x01\x12\x1b\n" +
 	"\x16PROTOCOL_NOT_SUPPORTED\x10\xcc\x01\x12\r\n" +
 	"\bREJECTED\x10\xcd\x01\x12\x16\n" +
-	"\x11MALFORMED_MESSAGE\x10\x90\x03B/Z-github.com/libp2p-balancer/libp2p-balancer/pbb\x06proto3"
+	"\x11MALFORMED_MESSAGE\x10\x90\x03B4Z2github.com/libp2p-balancer/libp2p-balancer/wire/pbb\x06proto3"
 
 var (
 	file_balancer_proto_rawDescOnce sync.Once
