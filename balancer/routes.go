@@ -1,15 +1,11 @@
 package balancer
 
 import (
-	"io"
 	"slices"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/event"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -59,26 +55,6 @@ func (p *pool) live() bool {
 	return slices.ContainsFunc(p.routes, func(r *route) bool { return r.backend.connected })
 }
 
-// hostProtocols returns the protocols the host serves itself (identify,
-// ping and whatever else the host's owner registered), which are reserved:
-// every protocol the host handles except the routes we installed. Called
-// with b.mu held.
-func (b *Balancer) hostProtocols() map[protocol.ID]bool {
-	own := map[protocol.ID]bool{}
-	for _, p := range b.h.Mux().Protocols() {
-		if !b.installed[p] {
-			own[p] = true
-		}
-	}
-	return own
-}
-
-// isReserved reports whether proto must never be routed: it is under the
-// balancer protocol's own prefix, or in hostProtos.
-func isReserved(proto protocol.ID, hostProtos map[protocol.ID]bool) bool {
-	return strings.HasPrefix(string(proto), wire.ProtocolPrefix) || hostProtos[proto]
-}
-
 // apply carries out a validated registration request for backend p: all of
 // it, or, when any protocol is refused, none of it. It returns the response.
 func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse {
@@ -87,7 +63,45 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 	if b.closed {
 		return &pb.RoutingResponse{Status: pb.Status_RESOURCE_LIMIT_EXCEEDED, Text: "balancer is shutting down"}
 	}
+	if resp := b.admit(p, b.backends[p], req); resp != nil {
+		return resp
+	}
 	be := b.backends[p]
+	if be == nil {
+		be = &backendState{id: p, routes: map[protocol.ID]*route{}}
+		b.backends[p] = be
+	}
+	// The backend is talking to us, so it is connected; the connectedness
+	// event may still be on its way.
+	be.connected = true
+	ttl := b.grantTTL(req.GetTtlSeconds())
+	now := time.Now()
+	touched := map[protocol.ID]bool{}
+	added := b.addRoutes(be, req, ttl, now, touched)
+	released := b.releaseRoutes(be, req.GetRelease(), touched)
+	for proto := range touched {
+		b.refresh(proto)
+	}
+	b.announce()
+	// One line per change of the route set, none per extension.
+	if len(added) > 0 || len(released) > 0 {
+		b.traceRoutes()
+		b.log.Info("routes changed", "backend", p, "added", added, "released", released, "ttl", ttl, "routes", len(be.routes))
+	}
+	resp := &pb.RoutingResponse{Status: pb.Status_OK, Protocols: be.protocols()}
+	if len(req.GetProtocols()) > 0 {
+		resp.TtlSeconds = uint32(ttl / time.Second)
+	} else {
+		resp.TtlSeconds = be.minTTL(now)
+	}
+	return resp
+}
+
+// admit checks req from backend p, whose state is be (nil when it has none
+// yet), against the reserved protocols, the ACL and the limits before
+// anything changes, so that a request is applied whole or not at all. It
+// returns the refusal, or nil. Called with b.mu held.
+func (b *Balancer) admit(p peer.ID, be *backendState, req *pb.RoutingRequest) *pb.RoutingResponse {
 	hostProtos := b.hostProtocols()
 	for _, s := range req.GetProtocols() {
 		proto := protocol.ID(s)
@@ -115,18 +129,13 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 			return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d routes would exceed this backend's limit of %d", n, limit)
 		}
 	}
+	return nil
+}
 
-	if be == nil {
-		be = &backendState{id: p, routes: map[protocol.ID]*route{}}
-		b.backends[p] = be
-	}
-	// The backend is talking to us, so it is connected; the connectedness
-	// event may still be on its way.
-	be.connected = true
-	ttl := b.grantTTL(req.GetTtlSeconds())
-	now := time.Now()
-	touched := map[protocol.ID]bool{}
-	var added, released []string
+// addRoutes adds or extends be's route for each protocol of req, with the
+// granted ttl from now, and marks each protocol in touched. It returns the
+// protocols that were new. Called with b.mu held.
+func (b *Balancer) addRoutes(be *backendState, req *pb.RoutingRequest, ttl time.Duration, now time.Time, touched map[protocol.ID]bool) (added []string) {
 	for _, s := range req.GetProtocols() {
 		proto := protocol.ID(s)
 		r := be.routes[proto]
@@ -148,31 +157,24 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 		r.weight = max(req.GetWeight(), 1)
 		touched[proto] = true
 	}
-	for _, s := range req.GetRelease() {
+	return added
+}
+
+// releaseRoutes removes be's routes for the protocols in release that it
+// has, and marks each in touched. It returns those it removed. Called with
+// b.mu held.
+func (b *Balancer) releaseRoutes(be *backendState, release []string, touched map[protocol.ID]bool) (released []string) {
+	for _, s := range release {
 		if r := be.routes[protocol.ID(s)]; r != nil {
 			b.removeRoute(r)
 			touched[r.proto] = true
 			released = append(released, s)
 		}
 	}
-	for proto := range touched {
-		b.refresh(proto)
-	}
-	b.announce()
-	// One line per change of the route set, none per extension.
-	if len(added) > 0 || len(released) > 0 {
-		b.traceRoutes()
-		b.log.Info("routes changed", "backend", p, "added", added, "released", released, "ttl", ttl, "routes", len(be.routes))
-	}
-	resp := &pb.RoutingResponse{Status: pb.Status_OK, Protocols: be.protocols()}
-	if len(req.GetProtocols()) > 0 {
-		resp.TtlSeconds = uint32(ttl / time.Second)
-	} else {
-		resp.TtlSeconds = be.minTTL(now)
-	}
-	return resp
+	return released
 }
 
+// refuse builds the response that refuses a request with status.
 func refuse(status pb.Status, format string, args ...any) *pb.RoutingResponse {
 	e := wire.Errorf(status, format, args...)
 	return &pb.RoutingResponse{Status: e.Status, Text: e.Text}
@@ -240,53 +242,6 @@ func (b *Balancer) removeRoute(r *route) {
 	}
 }
 
-// refresh makes the host accept proto exactly while a live backend serves
-// it. Removing the handler is what takes the protocol out of identify (the
-// host pushes the change to connected peers) and makes a new stream on it
-// fail at negotiation rather than be accepted and reset. Called with b.mu
-// held.
-//
-// The handler goes on the host's mux directly, and the change is announced
-// by announce, once per request rather than once per protocol: every
-// announcement makes identify rebuild and sort its whole protocol list, so
-// host.SetStreamHandler per protocol made registering N routes cost O(N²)
-// (322 ms for 100 routes at 3,900, bench harness).
-func (b *Balancer) refresh(proto protocol.ID) {
-	if b.closed {
-		return
-	}
-	pl := b.pools[proto]
-	live := pl != nil && pl.live()
-	switch {
-	case live && !b.installed[proto]:
-		b.installed[proto] = true
-		b.h.Mux().AddHandler(proto, b.muxHandler)
-		b.added = append(b.added, proto)
-	case !live && b.installed[proto]:
-		delete(b.installed, proto)
-		b.h.Mux().RemoveHandler(proto)
-		b.removed = append(b.removed, proto)
-	}
-}
-
-// muxHandler adapts handleInbound to the mux, as host.SetStreamHandler
-// would.
-func (b *Balancer) muxHandler(_ protocol.ID, rwc io.ReadWriteCloser) error {
-	b.handleInbound(rwc.(network.Stream))
-	return nil
-}
-
-// announce tells the host's subscribers (identify, which pushes to connected
-// peers) which protocols refresh added and removed since the last
-// announcement. Called with b.mu held.
-func (b *Balancer) announce() {
-	if len(b.added) == 0 && len(b.removed) == 0 {
-		return
-	}
-	_ = b.protoEmitter.Emit(event.EvtLocalProtocolsUpdated{Added: b.added, Removed: b.removed})
-	b.added, b.removed = nil, nil
-}
-
 // setConnected suspends or resumes every route of backend p.
 func (b *Balancer) setConnected(p peer.ID, connected bool) {
 	b.mu.Lock()
@@ -305,42 +260,6 @@ func (b *Balancer) setConnected(p peer.ID, connected bool) {
 	} else {
 		b.log.Info("backend disconnected, routes suspended", "backend", p, "routes", len(be.routes))
 	}
-}
-
-// candidates returns the connected backends serving proto in the order to
-// offer them a stream from remote: the pool's policy orders the healthy
-// ones, ejected ones follow (offered only when every healthy one failed),
-// and backends at their StreamsPerBackend cap are left out.
-func (b *Balancer) candidates(proto protocol.ID, remote peer.ID) []member {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	pl := b.pools[proto]
-	if pl == nil {
-		return nil
-	}
-	now := time.Now()
-	limit := int64(b.cfg.limits.StreamsPerBackend)
-	healthy := make([]member, 0, len(pl.routes))
-	var ejected []member
-	for _, r := range pl.routes {
-		be := r.backend
-		if !be.connected {
-			continue
-		}
-		m := member{r: r, active: be.active.Load()}
-		if limit > 0 && m.active >= limit {
-			continue
-		}
-		if be.health.ejected(now) {
-			ejected = append(ejected, m)
-		} else {
-			healthy = append(healthy, m)
-		}
-	}
-	policy := b.cfg.policyFor(proto)
-	pl.order(policy, healthy, remote)
-	pl.order(policy, ejected, remote)
-	return append(healthy, ejected...)
 }
 
 // traceRoutes reports the size of the route table. Called with b.mu held.
