@@ -117,3 +117,16 @@ func WithKeepalive(d time.Duration) Option {
 		return nil
 	}
 }
+
+// CheckOptions reports the first invalid option, without starting anything,
+// so that a command can refuse a bad setting before it touches its identity
+// file or the network.
+func CheckOptions(opts ...Option) error {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}

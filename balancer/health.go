@@ -12,14 +12,17 @@ import (
 // when every healthy backend of the pool failed it ("panic routing", so that
 // a pool whose backends all look unhealthy still serves). The first success
 // after an ejection lowers the multiplier by one.
+//
+// The yaml tags are the keys of balancer serve's configuration file
+// (health: in balancer.example.yaml).
 type Health struct {
 	// ConsecutiveFailures before an ejection. Default 5; 0 turns ejection
 	// off.
-	ConsecutiveFailures int
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
 	// BaseEjection is the first ejection's length. Default 10 s.
-	BaseEjection time.Duration
+	BaseEjection time.Duration `yaml:"base_ejection"`
 	// MaxEjection caps an ejection's length. Default 5 min.
-	MaxEjection time.Duration
+	MaxEjection time.Duration `yaml:"max_ejection"`
 }
 
 // DefaultHealth returns the Health a Balancer has unless WithHealth says

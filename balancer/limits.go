@@ -15,31 +15,35 @@ import (
 // gets RESOURCE_LIMIT_EXCEEDED with a text naming the limit, a remote peer's
 // stream is reset with go-libp2p's "resource limit exceeded" stream error
 // code, and the balancer logs one line naming the limit.
+//
+// The yaml tags are the keys of balancer serve's configuration file
+// (limits: in balancer.example.yaml), so that the file and the library
+// share one list of fields and one DefaultLimits.
 type Limits struct {
 	// ProtocolsPerRequest caps the protocols (added plus released) in one
 	// RoutingRequest, and the protocols of one outbound request.
 	// Default 1024.
-	ProtocolsPerRequest int
+	ProtocolsPerRequest int `yaml:"protocols_per_request"`
 	// RoutesPerBackend caps the protocols routed to one backend.
 	// Default 4096.
-	RoutesPerBackend int
+	RoutesPerBackend int `yaml:"routes_per_backend"`
 	// Streams caps the forwarded streams in flight, both directions, on the
 	// whole balancer. Default 0.
-	Streams int
+	Streams int `yaml:"streams"`
 	// StreamsPerBackend caps the forwarded streams in flight to and from
 	// one backend; a backend at its cap is passed over for new inbound
 	// streams. Default 0.
-	StreamsPerBackend int
+	StreamsPerBackend int `yaml:"streams_per_backend"`
 	// OutboundPerBackend caps the outbound streams in flight of one
 	// backend. Default 0.
-	OutboundPerBackend int
+	OutboundPerBackend int `yaml:"outbound_per_backend"`
 	// StreamsPerPeer caps the inbound streams in flight from one remote
 	// peer. Default 0.
-	StreamsPerPeer int
+	StreamsPerPeer int `yaml:"streams_per_peer"`
 	// NewStreamsPerSecondPerPeer caps the rate of new inbound streams from
 	// one remote peer (a token bucket with a burst of one second's worth).
 	// Default 0.
-	NewStreamsPerSecondPerPeer float64
+	NewStreamsPerSecondPerPeer float64 `yaml:"new_streams_per_second_per_peer"`
 }
 
 // DefaultLimits returns the limits a Balancer has unless WithLimits says

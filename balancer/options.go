@@ -26,19 +26,57 @@ type config struct {
 	log              *slog.Logger
 }
 
+// Defaults of the options. They, DefaultLimits and DefaultHealth are the
+// only place these values are written: balancer serve's flags and
+// configuration file take theirs from here.
+const (
+	// DefaultTTL is granted to a registration that asks for none (WithTTL).
+	DefaultTTL = time.Minute
+	// DefaultMaxTTL is the longest TTL granted (WithTTL).
+	DefaultMaxTTL = 10 * time.Minute
+	// DefaultHandshakeTimeout bounds a forward handshake
+	// (WithHandshakeTimeout).
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultDialTimeout bounds reaching an outbound stream's target
+	// (WithDialTimeout).
+	DefaultDialTimeout = 15 * time.Second
+	// DefaultProbeInterval is how often each backend is pinged
+	// (WithProbeInterval).
+	DefaultProbeInterval = 5 * time.Second
+)
+
 func defaultConfig() config {
 	return config{
 		acl:              acl{},
-		ttlDefault:       time.Minute,
-		ttlMax:           10 * time.Minute,
-		handshakeTimeout: 5 * time.Second,
-		dialTimeout:      15 * time.Second,
+		ttlDefault:       DefaultTTL,
+		ttlMax:           DefaultMaxTTL,
+		handshakeTimeout: DefaultHandshakeTimeout,
+		dialTimeout:      DefaultDialTimeout,
 		limits:           DefaultLimits(),
 		health:           DefaultHealth(),
 		tracer:           nopTracer{},
-		probeInterval:    5 * time.Second,
+		probeInterval:    DefaultProbeInterval,
 		log:              slog.Default(),
 	}
+}
+
+// OptionError is an option that New and CheckOptions refuse: the setting at
+// fault, its value, and why. A program with its own names for the settings
+// (balancer serve's flags and configuration keys) maps Setting to its name
+// instead of checking the value a second time.
+type OptionError struct {
+	// Setting is one of "TTL default", "TTL maximum", "handshake timeout",
+	// "dial timeout", "idle timeout", "probe interval" and "health
+	// ejection times".
+	Setting string
+	// Value is the value refused.
+	Value any
+	// Reason says what the value must be.
+	Reason string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("balancer: %s %v: %s", e.Setting, e.Value, e.Reason)
 }
 
 // WithAllow lets backend register routes and open outbound streams. With no
@@ -51,15 +89,17 @@ func WithAllow(backend peer.ID, patterns ...string) Option {
 	}
 }
 
-// WithTTL sets the TTL granted when a request asks for 0 (default one
-// minute) and the largest TTL granted (default ten minutes).
+// WithTTL sets the TTL granted when a request asks for 0 (DefaultTTL, one
+// minute) and the largest TTL granted (DefaultMaxTTL, ten minutes).
 func WithTTL(def, max time.Duration) Option {
 	return func(c *config) error {
-		if def < time.Second || max < def {
-			return fmt.Errorf("balancer: TTL default %v must be at least 1s and at most the maximum %v", def, max)
-		}
-		if max > time.Duration(1<<32-1)*time.Second {
-			return fmt.Errorf("balancer: TTL maximum %v does not fit the wire's uint32 seconds", max)
+		switch {
+		case def < time.Second:
+			return &OptionError{"TTL default", def, "must be at least 1s"}
+		case max < def:
+			return &OptionError{"TTL maximum", max, fmt.Sprintf("must be at least the TTL default (%v)", def)}
+		case max > time.Duration(1<<32-1)*time.Second:
+			return &OptionError{"TTL maximum", max, "longer than the wire's uint32 seconds"}
 		}
 		c.ttlDefault, c.ttlMax = def, max
 		return nil
@@ -72,7 +112,7 @@ func WithTTL(def, max time.Duration) Option {
 func WithHandshakeTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
-			return fmt.Errorf("balancer: handshake timeout must be positive")
+			return &OptionError{"handshake timeout", d, "must be positive"}
 		}
 		c.handshakeTimeout = d
 		return nil
@@ -84,7 +124,7 @@ func WithHandshakeTimeout(d time.Duration) Option {
 func WithDialTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
-			return fmt.Errorf("balancer: dial timeout must be positive")
+			return &OptionError{"dial timeout", d, "must be positive"}
 		}
 		c.dialTimeout = d
 		return nil
@@ -95,6 +135,9 @@ func WithDialTimeout(d time.Duration) Option {
 // for d. Default 0: no idle timeout, as for a direct libp2p stream.
 func WithIdleTimeout(d time.Duration) Option {
 	return func(c *config) error {
+		if d < 0 {
+			return &OptionError{"idle timeout", d, "must not be negative"}
+		}
 		c.idleTimeout = d
 		return nil
 	}
@@ -120,7 +163,7 @@ func WithLogger(l *slog.Logger) Option {
 func WithHealth(h Health) Option {
 	return func(c *config) error {
 		if h.ConsecutiveFailures > 0 && (h.BaseEjection <= 0 || h.MaxEjection < h.BaseEjection) {
-			return fmt.Errorf("balancer: health: ejection times %v..%v are not increasing", h.BaseEjection, h.MaxEjection)
+			return &OptionError{"health ejection times", fmt.Sprintf("%v..%v", h.BaseEjection, h.MaxEjection), "must be increasing"}
 		}
 		c.health = h
 		return nil
@@ -142,7 +185,7 @@ func WithPolicy(pattern string, p Policy) Option {
 
 // CheckOptions reports the first invalid option, without starting anything,
 // so that a daemon can refuse a bad configuration before it touches its
-// identity file or the network.
+// identity file or the network. A refused value is an *OptionError.
 func CheckOptions(opts ...Option) error {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -163,7 +206,7 @@ func CheckOptions(opts ...Option) error {
 func WithProbeInterval(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
-			return fmt.Errorf("balancer: probe interval %v: must not be negative", d)
+			return &OptionError{"probe interval", d, "must not be negative"}
 		}
 		c.probeInterval = d
 		return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -43,12 +42,10 @@ SIGINT or SIGTERM releases the routes, lets streams in flight finish for up
 to --drain-timeout, and exits 0.`,
 	flags: func(fs *flag.FlagSet) func([]string) int {
 		identity := fs.String("identity", "backend.key", "private key `PATH`, created (Ed25519, mode 0600) when missing;\nthe balancers allow its peer ID (see balancer id)")
-		balancers := newList()
-		fs.Var(balancers, "balancer", "balancer instance to register with: `MULTIADDR` ending in /p2p/PEER_ID,\nor several addresses of one instance joined by commas (repeatable)")
-		routes := newList()
-		fs.Var(routes, "route", "`PROTOCOL=HOST:PORT`: bridge streams on PROTOCOL to this TCP service (repeatable)")
-		outbound := newList()
-		fs.Var(outbound, "outbound", "`HOST:PORT=[MULTIADDR/p2p/]PEER_ID/PROTO[,/PROTO...]`: listen on HOST:PORT and carry\neach connection to PEER_ID on the first PROTO it accepts (repeatable)")
+		var balancers, routes, outbound []string
+		fs.Var(newList(&balancers), "balancer", "balancer instance to register with: `MULTIADDR` ending in /p2p/PEER_ID,\nor several addresses of one instance joined by commas (repeatable)")
+		fs.Var(newList(&routes), "route", "`PROTOCOL=HOST:PORT`: bridge streams on PROTOCOL to this TCP service (repeatable)")
+		fs.Var(newList(&outbound), "outbound", "`HOST:PORT=[MULTIADDR/p2p/]PEER_ID/PROTO[,/PROTO...]`: listen on HOST:PORT and carry\neach connection to PEER_ID on the first PROTO it accepts (repeatable)")
 		proxy := fs.Bool("proxy-protocol", false, "start each connection to a --route service with a PROXY protocol v2 header")
 		ttl := fs.Duration("ttl", 0, "route TTL to ask the balancers for (0: their default)")
 		drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long streams in flight may take to finish")
@@ -60,32 +57,30 @@ to --drain-timeout, and exits 0.`,
 				return fail("backend", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
 			}
 			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout}
-			if len(balancers.vals) == 0 {
-				return fail("backend", errors.New("--balancer: none given; name at least one balancer address"))
-			}
-			for _, s := range balancers.vals {
+			for _, s := range balancers {
 				ai, err := sidecar.ParseBalancer(s)
 				if err != nil {
 					return fail("backend", err)
 				}
 				cfg.Balancers = append(cfg.Balancers, ai)
 			}
-			for _, s := range routes.vals {
+			for _, s := range routes {
 				r, err := sidecar.ParseRoute(s)
 				if err != nil {
 					return fail("backend", err)
 				}
 				cfg.Routes = append(cfg.Routes, r)
 			}
-			for _, s := range outbound.vals {
+			for _, s := range outbound {
 				o, err := sidecar.ParseOutbound(s)
 				if err != nil {
 					return fail("backend", err)
 				}
 				cfg.Outbound = append(cfg.Outbound, o)
 			}
-			if *ttl != 0 && *ttl < time.Second {
-				return fail("backend", fmt.Errorf("--ttl %v: must be 0 or at least 1s", *ttl))
+			// Before the identity file is touched.
+			if err := cfg.Check(); err != nil {
+				return fail("backend", err)
 			}
 			log, err := newLogger(*logLevel)
 			if err != nil {

@@ -135,29 +135,33 @@ func fail(cmd string, err error) int {
 	return 1
 }
 
-// listFlag is a repeatable flag. Its first use on the command line replaces
-// the defaults it was created with.
+// listFlag is a repeatable flag bound to a list. Its first use on the
+// command line replaces the list, defaults included.
 type listFlag struct {
-	vals []string
-	set  bool
+	dst   *[]string
+	given []string
 }
 
-func newList(defaults ...string) *listFlag { return &listFlag{vals: defaults} }
+func newList(dst *[]string) *listFlag { return &listFlag{dst: dst} }
 
 func (l *listFlag) String() string {
-	if l == nil {
+	if l == nil || l.dst == nil {
 		return ""
 	}
-	return strings.Join(l.vals, " ")
+	return strings.Join(*l.dst, " ")
 }
 
 func (l *listFlag) Set(s string) error {
-	if !l.set {
-		l.vals, l.set = nil, true
+	if l.given == nil {
+		*l.dst = nil
 	}
-	l.vals = append(l.vals, s)
+	l.given = append(l.given, s)
+	*l.dst = append(*l.dst, s)
 	return nil
 }
+
+// values returns the values given on the command line, in order.
+func (l *listFlag) values() []string { return l.given }
 
 // newLogger logs text to standard error at level.
 func newLogger(level string) (*slog.Logger, error) {

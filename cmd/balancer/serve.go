@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
@@ -33,79 +34,14 @@ metrics on /metrics, JSON on /api/status, /api/routes, /api/backends and
 /api/events, /healthz and /readyz, and a status page on /. It binds to
 loopback unless --admin-public is given, which then requires a token.`,
 	flags: func(fs *flag.FlagSet) func([]string) int {
-		def := daemon.DefaultConfig()
-		fc := def
 		configPath := fs.String("config", "", "YAML `FILE` with any of the settings below")
-		fs.StringVar(&fc.Identity, "identity", def.Identity, "private key `PATH` (crypto.MarshalPrivateKey bytes);\ncreated (Ed25519, mode 0600) when missing; instances sharing it share one peer ID")
-		listen := newList(def.Listen...)
-		fs.Var(listen, "listen", "`MULTIADDR` to listen on (repeatable; port 0 picks a free port)")
-		allow := newList()
-		fs.Var(allow, "allow", "backend allowed to register: `PEER_ID` (any protocol) or\nPEER_ID=PROTO[,PROTO...], a PROTO ending in * being a prefix (repeatable)")
-		fs.DurationVar(&fc.TTLDefault, "ttl-default", def.TTLDefault, "route TTL granted when a backend asks for none")
-		fs.DurationVar(&fc.TTLMax, "ttl-max", def.TTLMax, "longest route TTL granted")
-		fs.DurationVar(&fc.DrainTimeout, "drain-timeout", def.DrainTimeout, "on SIGINT/SIGTERM, how long streams in flight may take to finish")
-		fs.DurationVar(&fc.HandshakeTimeout, "handshake-timeout", def.HandshakeTimeout, "how long a backend may take to accept a forwarded stream")
-		fs.DurationVar(&fc.DialTimeout, "dial-timeout", def.DialTimeout, "how long reaching the target of a backend's outbound stream may take")
-		fs.DurationVar(&fc.IdleTimeout, "idle-timeout", def.IdleTimeout, "reset a forwarded stream idle for this long (0: never)")
-		fs.DurationVar(&fc.ProbeInterval, "probe-interval", def.ProbeInterval, "ping each backend this often; one that does not answer in time is\ndisconnected and its routes suspended (0: off)")
-		fs.StringVar(&fc.LogLevel, "log-level", def.LogLevel, "`LEVEL`: debug, info, warn or error")
-		fs.StringVar(&fc.LogFormat, "log-format", def.LogFormat, "`FORMAT` of the logs: text or json")
-		fs.StringVar(&fc.Admin, "admin", def.Admin, "`HOST:PORT` of the admin listener (metrics, JSON API, status page); off to disable")
-		fs.BoolVar(&fc.AdminPublic, "admin-public", def.AdminPublic, "allow a non-loopback --admin address (then a token is required)")
-		fs.StringVar(&fc.AdminTokenFile, "admin-token-file", def.AdminTokenFile, "`FILE` holding the admin bearer token (or set BALANCER_ADMIN_TOKEN)")
-
+		fc := daemon.DefaultConfig() // shows the defaults in --help
+		serveFlags(fs, &fc)
 		return func(args []string) int {
 			if len(args) > 0 {
 				return fail("serve", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
 			}
-			cfg := daemon.DefaultConfig()
-			if *configPath != "" {
-				if err := daemon.LoadFile(*configPath, &cfg); err != nil {
-					return fail("serve", err)
-				}
-			}
-			var err error
-			fs.Visit(func(f *flag.Flag) {
-				switch f.Name {
-				case "identity":
-					cfg.Identity = fc.Identity
-				case "listen":
-					cfg.Listen = listen.vals
-				case "allow":
-					cfg.Allow = nil
-					for _, s := range allow.vals {
-						a, perr := daemon.ParseAllow(s)
-						if perr != nil && err == nil {
-							err = perr
-						}
-						cfg.Allow = append(cfg.Allow, a)
-					}
-				case "ttl-default":
-					cfg.TTLDefault = fc.TTLDefault
-				case "ttl-max":
-					cfg.TTLMax = fc.TTLMax
-				case "drain-timeout":
-					cfg.DrainTimeout = fc.DrainTimeout
-				case "handshake-timeout":
-					cfg.HandshakeTimeout = fc.HandshakeTimeout
-				case "dial-timeout":
-					cfg.DialTimeout = fc.DialTimeout
-				case "idle-timeout":
-					cfg.IdleTimeout = fc.IdleTimeout
-				case "probe-interval":
-					cfg.ProbeInterval = fc.ProbeInterval
-				case "log-level":
-					cfg.LogLevel = fc.LogLevel
-				case "log-format":
-					cfg.LogFormat = fc.LogFormat
-				case "admin":
-					cfg.Admin = fc.Admin
-				case "admin-public":
-					cfg.AdminPublic = fc.AdminPublic
-				case "admin-token-file":
-					cfg.AdminTokenFile = fc.AdminTokenFile
-				}
-			})
+			cfg, err := serveConfig(*configPath, fs)
 			if err != nil {
 				return fail("serve", err)
 			}
@@ -113,6 +49,100 @@ loopback unless --admin-public is given, which then requires a token.`,
 		}
 	},
 }
+
+// serveFlags declares serve's flags on fs, each bound to its field of c and
+// taking c's value as its default. It is the one list of the flags: serve
+// declares them again on a second set only to apply the flags given over a
+// configuration file.
+func serveFlags(fs *flag.FlagSet, c *daemon.Config) *allowFlag {
+	fs.StringVar(&c.Identity, "identity", c.Identity, "private key `PATH` (crypto.MarshalPrivateKey bytes);\ncreated (Ed25519, mode 0600) when missing; instances sharing it share one peer ID")
+	fs.Var(newList(&c.Listen), "listen", "`MULTIADDR` to listen on (repeatable; port 0 picks a free port)")
+	allow := &allowFlag{dst: &c.Allow}
+	fs.Var(allow, "allow", "backend allowed to register: `PEER_ID` (any protocol) or\nPEER_ID=PROTO[,PROTO...], a PROTO ending in * being a prefix (repeatable)")
+	fs.DurationVar(&c.TTLDefault, "ttl-default", c.TTLDefault, "route TTL granted when a backend asks for none")
+	fs.DurationVar(&c.TTLMax, "ttl-max", c.TTLMax, "longest route TTL granted")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGINT/SIGTERM, how long streams in flight may take to finish")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", c.HandshakeTimeout, "how long a backend may take to accept a forwarded stream")
+	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long reaching the target of a backend's outbound stream may take")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "reset a forwarded stream idle for this long (0: never)")
+	fs.DurationVar(&c.ProbeInterval, "probe-interval", c.ProbeInterval, "ping each backend this often; one that does not answer in time is\ndisconnected and its routes suspended (0: off)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "`LEVEL`: debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "`FORMAT` of the logs: text or json")
+	fs.StringVar(&c.Admin, "admin", c.Admin, "`HOST:PORT` of the admin listener (metrics, JSON API, status page); off to disable")
+	fs.BoolVar(&c.AdminPublic, "admin-public", c.AdminPublic, "allow a non-loopback --admin address (then a token is required)")
+	fs.StringVar(&c.AdminTokenFile, "admin-token-file", c.AdminTokenFile, "`FILE` holding the admin bearer token (or set BALANCER_ADMIN_TOKEN)")
+	return allow
+}
+
+// serveConfig is the defaults, then the file at path (if any), then the
+// flags given on parsed.
+func serveConfig(path string, parsed *flag.FlagSet) (daemon.Config, error) {
+	cfg := daemon.DefaultConfig()
+	if path != "" {
+		if err := daemon.LoadFile(path, &cfg); err != nil {
+			return cfg, err
+		}
+	}
+	over := flag.NewFlagSet("serve", flag.ContinueOnError)
+	allow := serveFlags(over, &cfg)
+	var err error
+	parsed.Visit(func(f *flag.Flag) {
+		if over.Lookup(f.Name) == nil { // --config
+			return
+		}
+		vals := []string{f.Value.String()}
+		if r, ok := f.Value.(interface{ values() []string }); ok {
+			vals = r.values() // each use of a repeatable flag
+		}
+		for _, v := range vals {
+			if err == nil {
+				err = over.Set(f.Name, v)
+			}
+		}
+	})
+	if err == nil {
+		err = allow.err
+	}
+	return cfg, err
+}
+
+// allowFlag is --allow, a repeatable flag bound to a list of Allow whose
+// first use replaces the list. A value that does not parse is kept in err,
+// for serve to report as a configuration error rather than a flag error.
+type allowFlag struct {
+	dst   *[]daemon.Allow
+	given []string
+	err   error
+}
+
+func (f *allowFlag) String() string {
+	if f == nil || f.dst == nil {
+		return ""
+	}
+	var s []string
+	for _, a := range *f.dst {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, " ")
+}
+
+func (f *allowFlag) Set(s string) error {
+	if f.given == nil {
+		*f.dst = nil
+	}
+	f.given = append(f.given, s)
+	a, err := daemon.ParseAllow(s)
+	if err != nil {
+		if f.err == nil {
+			f.err = err
+		}
+		return nil
+	}
+	*f.dst = append(*f.dst, a)
+	return nil
+}
+
+func (f *allowFlag) values() []string { return f.given }
 
 func serve(cfg daemon.Config) int {
 	if _, err := cfg.Check(); err != nil {

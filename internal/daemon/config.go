@@ -12,9 +12,10 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
-	"go.yaml.in/yaml/v3"
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
 // Config is everything `balancer serve` can be told, in a YAML file
@@ -63,12 +64,12 @@ type Config struct {
 	// Pools sets the policy of the pools of matching protocols; the first
 	// matching entry wins; the others use least-streams.
 	Pools []Pool `yaml:"pools"`
-	// Limits bounds what backends and remote peers can cause; see
-	// balancer.Limits. Zero fields keep the balancer's defaults only for
-	// protocols_per_request and routes_per_backend; others mean no limit.
-	Limits Limits `yaml:"limits"`
+	// Limits bounds what backends and remote peers can cause; a key
+	// missing from the file keeps balancer.DefaultLimits, a 0 means no
+	// limit of that kind.
+	Limits balancer.Limits `yaml:"limits"`
 	// Health tunes passive health checking; see balancer.Health.
-	Health Health `yaml:"health"`
+	Health balancer.Health `yaml:"health"`
 }
 
 // Pool sets the policy of the pools of protocols matching Protocol: an exact
@@ -79,24 +80,6 @@ type Pool struct {
 	Strategy string `yaml:"strategy"`
 	// Sticky sends one remote peer's streams to the same backend.
 	Sticky bool `yaml:"sticky"`
-}
-
-// Limits mirrors balancer.Limits in the configuration file.
-type Limits struct {
-	ProtocolsPerRequest        int     `yaml:"protocols_per_request"`
-	RoutesPerBackend           int     `yaml:"routes_per_backend"`
-	Streams                    int     `yaml:"streams"`
-	StreamsPerBackend          int     `yaml:"streams_per_backend"`
-	OutboundPerBackend         int     `yaml:"outbound_per_backend"`
-	StreamsPerPeer             int     `yaml:"streams_per_peer"`
-	NewStreamsPerSecondPerPeer float64 `yaml:"new_streams_per_second_per_peer"`
-}
-
-// Health mirrors balancer.Health in the configuration file.
-type Health struct {
-	ConsecutiveFailures int           `yaml:"consecutive_failures"`
-	BaseEjection        time.Duration `yaml:"base_ejection"`
-	MaxEjection         time.Duration `yaml:"max_ejection"`
 }
 
 // Allow lets one backend register routes: any protocol when Protocols is
@@ -110,14 +93,11 @@ type Allow struct {
 	Protocols []string `yaml:"protocols"`
 }
 
-// Default values of Config.
+// Default values of the settings that are the daemon's own; those of the
+// balancer's settings are the balancer package's (DefaultTTL and so on).
 const (
-	DefaultIdentity         = "balancer.key"
-	DefaultTTLDefault       = time.Minute
-	DefaultTTLMax           = 10 * time.Minute
-	DefaultDrainTimeout     = 30 * time.Second
-	DefaultHandshakeTimeout = 5 * time.Second
-	DefaultDialTimeout      = 15 * time.Second
+	DefaultIdentity     = "balancer.key"
+	DefaultDrainTimeout = 30 * time.Second
 	// DefaultAdmin is the admin listener: loopback only.
 	DefaultAdmin = "127.0.0.1:8242"
 )
@@ -127,29 +107,23 @@ const (
 var DefaultListen = []string{"/ip4/0.0.0.0/tcp/4242", "/ip4/0.0.0.0/udp/4242/quic-v1"}
 
 // DefaultConfig returns the configuration serve runs with when given no
-// file and no flags.
+// file and no flags. The balancer's settings take the balancer package's
+// defaults, which are written nowhere else.
 func DefaultConfig() Config {
 	return Config{
 		Identity:         DefaultIdentity,
 		Listen:           append([]string(nil), DefaultListen...),
-		TTLDefault:       DefaultTTLDefault,
-		TTLMax:           DefaultTTLMax,
+		TTLDefault:       balancer.DefaultTTL,
+		TTLMax:           balancer.DefaultMaxTTL,
 		DrainTimeout:     DefaultDrainTimeout,
-		HandshakeTimeout: DefaultHandshakeTimeout,
-		DialTimeout:      DefaultDialTimeout,
+		HandshakeTimeout: balancer.DefaultHandshakeTimeout,
+		DialTimeout:      balancer.DefaultDialTimeout,
+		ProbeInterval:    balancer.DefaultProbeInterval,
 		LogLevel:         "info",
 		LogFormat:        "text",
-		ProbeInterval:    5 * time.Second,
 		Admin:            DefaultAdmin,
-		Limits: Limits{
-			ProtocolsPerRequest: balancer.DefaultLimits().ProtocolsPerRequest,
-			RoutesPerBackend:    balancer.DefaultLimits().RoutesPerBackend,
-		},
-		Health: Health{
-			ConsecutiveFailures: balancer.DefaultHealth().ConsecutiveFailures,
-			BaseEjection:        balancer.DefaultHealth().BaseEjection,
-			MaxEjection:         balancer.DefaultHealth().MaxEjection,
-		},
+		Limits:           balancer.DefaultLimits(),
+		Health:           balancer.DefaultHealth(),
 	}
 }
 
@@ -273,36 +247,81 @@ func (c *Config) AdminToken() (string, error) {
 	return strings.TrimSpace(os.Getenv("BALANCER_ADMIN_TOKEN")), nil
 }
 
-// balancerOptions turns the pool, limit and health settings into balancer
-// options, or says which setting is wrong.
-func (c *Config) balancerOptions() ([]balancer.Option, error) {
-	var opts []balancer.Option
+// balancerOptions maps the settings of c that are the balancer's onto its
+// options, the one place where they are built, and has the balancer check
+// them: a refused value comes back named as the flag that sets it (the
+// YAML key is the same name with underscores). It also returns the allowed
+// backends' peer IDs.
+func (c *Config) balancerOptions() ([]balancer.Option, []peer.ID, error) {
+	opts := []balancer.Option{
+		balancer.WithTTL(c.TTLDefault, c.TTLMax),
+		balancer.WithIdleTimeout(c.IdleTimeout),
+		balancer.WithProbeInterval(c.ProbeInterval),
+		balancer.WithLimits(c.Limits),
+		balancer.WithHealth(c.Health),
+	}
+	// 0 keeps the balancer's default, as it always has in the file.
+	if c.HandshakeTimeout != 0 {
+		opts = append(opts, balancer.WithHandshakeTimeout(c.HandshakeTimeout))
+	}
+	if c.DialTimeout != 0 {
+		opts = append(opts, balancer.WithDialTimeout(c.DialTimeout))
+	}
+	var backends []peer.ID
+	for _, a := range c.Allow {
+		id, err := a.PeerID()
+		if err != nil {
+			return nil, nil, fmt.Errorf("allow %q: %w", a.String(), err)
+		}
+		for _, p := range a.Protocols {
+			if p == "*" {
+				continue
+			}
+			if err := wire.ValidateProtocol(strings.TrimSuffix(p, "*")); err != nil {
+				return nil, nil, fmt.Errorf("allow %q: %w", a.String(), err)
+			}
+		}
+		backends = append(backends, id)
+		opts = append(opts, balancer.WithAllow(id, a.Protocols...))
+	}
 	for i, p := range c.Pools {
 		if p.Protocol == "" {
-			return nil, fmt.Errorf("pools[%d]: no protocol", i)
+			return nil, nil, fmt.Errorf("pools[%d]: no protocol", i)
 		}
 		st := balancer.LeastStreams
 		if p.Strategy != "" {
 			var err error
 			if st, err = balancer.ParseStrategy(p.Strategy); err != nil {
-				return nil, fmt.Errorf("pools[%d] (%s): %w", i, p.Protocol, err)
+				return nil, nil, fmt.Errorf("pools[%d] (%s): %w", i, p.Protocol, err)
 			}
 		}
 		opts = append(opts, balancer.WithPolicy(p.Protocol, balancer.Policy{Strategy: st, Sticky: p.Sticky}))
 	}
-	l := c.Limits
-	opts = append(opts, balancer.WithLimits(balancer.Limits{
-		ProtocolsPerRequest:        l.ProtocolsPerRequest,
-		RoutesPerBackend:           l.RoutesPerBackend,
-		Streams:                    l.Streams,
-		StreamsPerBackend:          l.StreamsPerBackend,
-		OutboundPerBackend:         l.OutboundPerBackend,
-		StreamsPerPeer:             l.StreamsPerPeer,
-		NewStreamsPerSecondPerPeer: l.NewStreamsPerSecondPerPeer,
-	}))
-	opts = append(opts, balancer.WithHealth(balancer.Health(c.Health)))
 	if err := balancer.CheckOptions(opts...); err != nil {
-		return nil, err
+		return nil, nil, renamed(err)
 	}
-	return opts, nil
+	return opts, backends, nil
+}
+
+// settingNames maps the balancer's names of its settings
+// (balancer.OptionError.Setting) to ours.
+var settingNames = map[string]string{
+	"TTL default":           "ttl-default",
+	"TTL maximum":           "ttl-max",
+	"handshake timeout":     "handshake-timeout",
+	"dial timeout":          "dial-timeout",
+	"idle timeout":          "idle-timeout",
+	"probe interval":        "probe-interval",
+	"health ejection times": "health: base_ejection..max_ejection",
+}
+
+// renamed names a setting the balancer refused as our flag does.
+func renamed(err error) error {
+	var oe *balancer.OptionError
+	if errors.As(err, &oe) {
+		if name, ok := settingNames[oe.Setting]; ok {
+			return fmt.Errorf("%s %v: %s", name, oe.Value, oe.Reason)
+		}
+	}
+	return err
 }

@@ -13,11 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -29,7 +26,6 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/metrics"
-	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
 // Daemon is a running balancer: its host and the balancer protocol on it.
@@ -52,11 +48,7 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	listen, err := cfg.Check()
-	if err != nil {
-		return nil, err
-	}
-	poolOpts, err := cfg.balancerOptions()
+	p, err := cfg.plan()
 	if err != nil {
 		return nil, err
 	}
@@ -68,26 +60,8 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	events := admin.NewEvents(0)
-	opts := []balancer.Option{
-		balancer.WithTracer(metrics.Tee(tracer, events)),
-		balancer.WithLogger(log),
-		balancer.WithTTL(cfg.TTLDefault, cfg.TTLMax),
-		balancer.WithIdleTimeout(cfg.IdleTimeout),
-	}
-	opts = append(opts, balancer.WithProbeInterval(cfg.ProbeInterval))
-	if cfg.HandshakeTimeout > 0 {
-		opts = append(opts, balancer.WithHandshakeTimeout(cfg.HandshakeTimeout))
-	}
-	if cfg.DialTimeout > 0 {
-		opts = append(opts, balancer.WithDialTimeout(cfg.DialTimeout))
-	}
-	var backends []peer.ID
-	for _, a := range cfg.Allow {
-		id, _ := a.PeerID() // checked by Check
-		backends = append(backends, id)
-		opts = append(opts, balancer.WithAllow(id, a.Protocols...))
-	}
-	opts = append(opts, poolOpts...)
+	opts := append(p.opts, balancer.WithTracer(metrics.Tee(tracer, events)), balancer.WithLogger(log))
+
 	key, created, err := keyfile.LoadOrCreate(cfg.Identity)
 	if err != nil {
 		return nil, err
@@ -96,7 +70,31 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity file %s: %w", cfg.Identity, err)
 	}
-	h, err := node.New(node.Config{Key: key, Listen: listen, LinkPeers: backends, Options: metrics.Libp2pOptions(reg)})
+	d, err := listen(cfg, log, node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: metrics.Libp2pOptions(reg)}, opts)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AdminEnabled() {
+		d.admin = &admin.Server{Addr: cfg.Admin, Public: cfg.AdminPublic, Log: log,
+			Handler: &admin.Handler{Balancer: d.lb, Host: d.host, Gatherer: reg, Events: events, Token: p.adminToken, Log: log}}
+		if err := d.admin.Start(); err != nil {
+			d.lb.Close()
+			d.host.Close()
+			return nil, fmt.Errorf("admin %s: %w", cfg.Admin, err)
+		}
+	}
+	// Logged only now, so that a configuration error stays a single line.
+	if created {
+		log.Info("created a new identity", "file", cfg.Identity, "peer", id)
+	}
+	d.logStarted(len(p.backends))
+	return d, nil
+}
+
+// listen starts the host and the balancer on it, and resolves the
+// addresses to print.
+func listen(cfg Config, log *slog.Logger, nc node.Config, opts []balancer.Option) (*Daemon, error) {
+	h, err := node.New(nc)
 	if err != nil {
 		return nil, err
 	}
@@ -105,37 +103,28 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		h.Close()
 		return nil, err
 	}
-	addrs, err := node.Addrs(h, listen)
+	addrs, err := node.Addrs(h, nc.Listen)
 	if err != nil {
 		lb.Close()
 		h.Close()
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, host: h, lb: lb, addrs: addrs}
-	if cfg.AdminEnabled() {
-		token, _ := cfg.AdminToken() // read by Check
-		d.admin = &admin.Server{Addr: cfg.Admin, Public: cfg.AdminPublic, Log: log,
-			Handler: &admin.Handler{Balancer: lb, Host: h, Gatherer: reg, Events: events, Token: token, Log: log}}
-		if err := d.admin.Start(); err != nil {
-			lb.Close()
-			h.Close()
-			return nil, fmt.Errorf("admin %s: %w", cfg.Admin, err)
-		}
-	}
-	// Logged only now, so that a configuration error stays a single line.
-	if created {
-		log.Info("created a new identity", "file", cfg.Identity, "peer", id)
-	}
-	log.Info("balancer started", "peer", id, "addrs", len(addrs), "backends", len(backends),
+	return &Daemon{cfg: cfg, log: log, host: h, lb: lb, addrs: addrs}, nil
+}
+
+// logStarted says what the daemon serves, and warns when it can route
+// nothing.
+func (d *Daemon) logStarted(backends int) {
+	cfg := d.cfg
+	d.log.Info("balancer started", "peer", d.host.ID(), "addrs", len(d.addrs), "backends", backends,
 		"ttl_default", cfg.TTLDefault, "ttl_max", cfg.TTLMax)
 	for _, a := range cfg.Allow {
-		log.Info("backend allowed", "peer", a.Peer, "protocols", allowed(a.Protocols))
+		d.log.Info("backend allowed", "peer", a.Peer, "protocols", allowed(a.Protocols))
 	}
 	if len(cfg.Allow) == 0 {
-		log.Warn("no backend is allowed to register, so nothing is routed yet",
+		d.log.Warn("no backend is allowed to register, so nothing is routed yet",
 			"how", "get a backend's peer ID with `balancer id --identity backend.key`, then restart with --allow PEER_ID (or PEER_ID=/proto/1.0.0,/other/*), or list it under allow: in the --config file")
 	}
-	return d, nil
 }
 
 func allowed(protos []string) string {
@@ -149,47 +138,41 @@ func allowed(protos []string) string {
 // and returns the parsed listen addresses. Start calls it before it touches
 // the identity file.
 func (c *Config) Check() ([]ma.Multiaddr, error) {
+	p, err := c.plan()
+	if err != nil {
+		return nil, err
+	}
+	return p.listen, nil
+}
+
+// plan is a checked Config, parsed into what Start needs.
+type plan struct {
+	listen     []ma.Multiaddr
+	backends   []peer.ID
+	opts       []balancer.Option // without the tracer and logger
+	adminToken string
+}
+
+// plan checks the daemon's own settings here and leaves the balancer's to
+// the balancer (balancerOptions), so that each check is written once.
+func (c *Config) plan() (*plan, error) {
 	if len(c.Listen) == 0 {
 		return nil, errors.New("listen: no address given")
 	}
-	listen := make([]ma.Multiaddr, 0, len(c.Listen))
+	p := &plan{listen: make([]ma.Multiaddr, 0, len(c.Listen))}
 	for _, s := range c.Listen {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
 			return nil, fmt.Errorf("listen %q: not a multiaddr: %w", s, err)
 		}
-		listen = append(listen, a)
+		p.listen = append(p.listen, a)
 	}
-	for _, a := range c.Allow {
-		if _, err := a.PeerID(); err != nil {
-			return nil, fmt.Errorf("allow %q: %w", a.String(), err)
-		}
-		for _, p := range a.Protocols {
-			if p == "*" {
-				continue
-			}
-			if err := wire.ValidateProtocol(strings.TrimSuffix(p, "*")); err != nil {
-				return nil, fmt.Errorf("allow %q: %w", a.String(), err)
-			}
-		}
+	var err error
+	if p.opts, p.backends, err = c.balancerOptions(); err != nil {
+		return nil, err
 	}
-	switch {
-	case c.TTLDefault < time.Second:
-		return nil, fmt.Errorf("ttl-default %v: must be at least 1s", c.TTLDefault)
-	case c.TTLMax < c.TTLDefault:
-		return nil, fmt.Errorf("ttl-max %v: must be at least ttl-default (%v)", c.TTLMax, c.TTLDefault)
-	case c.TTLMax > time.Duration(math.MaxUint32)*time.Second:
-		return nil, fmt.Errorf("ttl-max %v: longer than the wire's uint32 seconds", c.TTLMax)
-	case c.DrainTimeout < 0:
+	if c.DrainTimeout < 0 {
 		return nil, fmt.Errorf("drain-timeout %v: must not be negative", c.DrainTimeout)
-	case c.IdleTimeout < 0:
-		return nil, fmt.Errorf("idle-timeout %v: must not be negative", c.IdleTimeout)
-	case c.ProbeInterval < 0:
-		return nil, fmt.Errorf("probe-interval %v: must not be negative", c.ProbeInterval)
-	case c.HandshakeTimeout < 0:
-		return nil, fmt.Errorf("handshake-timeout %v: must not be negative", c.HandshakeTimeout)
-	case c.DialTimeout < 0:
-		return nil, fmt.Errorf("dial-timeout %v: must not be negative", c.DialTimeout)
 	}
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		return nil, err
@@ -197,22 +180,18 @@ func (c *Config) Check() ([]ma.Multiaddr, error) {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return nil, fmt.Errorf("log-format %q: want text or json", c.LogFormat)
 	}
-	if _, err := c.balancerOptions(); err != nil {
-		return nil, err
-	}
 	if c.AdminEnabled() {
-		token, err := c.AdminToken()
-		if err != nil {
+		if p.adminToken, err = c.AdminToken(); err != nil {
 			return nil, err
 		}
-		if err := admin.CheckBind(c.Admin, c.AdminPublic, token); err != nil {
+		if err := admin.CheckBind(c.Admin, c.AdminPublic, p.adminToken); err != nil {
 			return nil, fmt.Errorf("admin %s: %w", c.Admin, err)
 		}
 	}
 	if c.Identity == "" {
 		return nil, errors.New("identity: no key file given")
 	}
-	return listen, nil
+	return p, nil
 }
 
 // ID returns the balancer's peer ID.

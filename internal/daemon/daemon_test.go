@@ -106,12 +106,20 @@ func TestConfigErrors(t *testing.T) {
 		"ttl":          {func(c *daemon.Config) { c.TTLDefault = 500 * time.Millisecond }, "ttl-default"},
 		"ttl max":      {func(c *daemon.Config) { c.TTLMax = time.Second }, "ttl-max"},
 		"log level":    {func(c *daemon.Config) { c.LogLevel = "loud" }, "log level"},
+		// Checked by the balancer, named by the daemon.
+		"ttl too long": {func(c *daemon.Config) { c.TTLMax = 1 << 62 }, "ttl-max"},
+		"handshake":    {func(c *daemon.Config) { c.HandshakeTimeout = -time.Second }, "handshake-timeout -1s"},
+		"dial":         {func(c *daemon.Config) { c.DialTimeout = -time.Second }, "dial-timeout -1s"},
+		"idle":         {func(c *daemon.Config) { c.IdleTimeout = -time.Second }, "idle-timeout -1s"},
+		"probe":        {func(c *daemon.Config) { c.ProbeInterval = -time.Second }, "probe-interval -1s"},
+		"health":       {func(c *daemon.Config) { c.Health.MaxEjection = time.Second }, "base_ejection..max_ejection 10s..1s"},
+		"strategy":     {func(c *daemon.Config) { c.Pools = []daemon.Pool{{Protocol: "/x/1", Strategy: "best"}} }, "pools[0] (/x/1)"},
 	} {
 		cfg := daemon.DefaultConfig()
 		cfg.Admin = "127.0.0.1:0" // tests run side by side
 		c.mod(&cfg)
-		if _, err := cfg.Check(); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: err = %v, want %q", name, err, c.want)
+		if _, err := cfg.Check(); err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: err = %v, want one line naming %q", name, err, c.want)
 		}
 	}
 }

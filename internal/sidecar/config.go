@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
@@ -134,4 +136,36 @@ func ParseBalancer(s string) (peer.AddrInfo, error) {
 		ai.Addrs = append(ai.Addrs, info.Addrs...)
 	}
 	return ai, nil
+}
+
+// Check reports the first invalid setting of c other than Key, in one line
+// that names it, without starting anything: balancer backend calls it
+// before it loads or creates the identity file, and Start calls it again.
+// The backend package checks its own options (the TTL): they are not
+// checked a second time here.
+func (c *Config) Check() error {
+	if len(c.Balancers) == 0 {
+		return errors.New("balancer: none given; name at least one balancer address")
+	}
+	if len(c.Routes) == 0 && len(c.Outbound) == 0 {
+		return errors.New("nothing to do: give at least one --route or --outbound")
+	}
+	seen := map[protocol.ID]bool{}
+	for _, r := range c.Routes {
+		if seen[r.Protocol] {
+			return fmt.Errorf("route %s: protocol %s routed twice", r, r.Protocol)
+		}
+		seen[r.Protocol] = true
+	}
+	return backend.CheckOptions(c.backendOptions()...)
+}
+
+// backendOptions maps c onto the options of each link's Backend, but its
+// logger.
+func (c *Config) backendOptions() []backend.Option {
+	var opts []backend.Option
+	if c.TTL != 0 {
+		opts = append(opts, backend.WithTTL(c.TTL))
+	}
+	return opts
 }

@@ -105,18 +105,8 @@ func Start(cfg Config) (*Sidecar, error) {
 	if cfg.Key == nil {
 		return nil, errors.New("sidecar: no identity key")
 	}
-	if len(cfg.Balancers) == 0 {
-		return nil, errors.New("balancer: none given; name at least one balancer address")
-	}
-	if len(cfg.Routes) == 0 && len(cfg.Outbound) == 0 {
-		return nil, errors.New("nothing to do: give at least one --route or --outbound")
-	}
-	seen := map[string]bool{}
-	for _, r := range cfg.Routes {
-		if seen[string(r.Protocol)] {
-			return nil, fmt.Errorf("route %s: protocol %s routed twice", r, r.Protocol)
-		}
-		seen[string(r.Protocol)] = true
+	if err := cfg.Check(); err != nil {
+		return nil, err
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
@@ -149,10 +139,7 @@ func Start(cfg Config) (*Sidecar, error) {
 			s.closeAll()
 			return nil, err
 		}
-		opts := []backend.Option{backend.WithLogger(s.log.With("link", i))}
-		if cfg.TTL > 0 {
-			opts = append(opts, backend.WithTTL(cfg.TTL))
-		}
+		opts := append(cfg.backendOptions(), backend.WithLogger(s.log.With("link", i)))
 		be, err := backend.New(h, group, opts...)
 		if err != nil {
 			h.Close()
