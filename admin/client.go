@@ -137,7 +137,27 @@ func PrintStatus(ctx context.Context, w io.Writer, c *Client) error {
 	return printStatus(w, st, routes, backends, events)
 }
 
+// printStatus prints the four parts of the status, each after a blank line
+// but the first.
 func printStatus(w io.Writer, st *Status, routes []Route, backends []Backend, events []Event) error {
+	if err := printSummary(w, st); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	if err := printRoutes(w, routes); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	if err := printBackends(w, backends); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	return printEvents(w, events)
+}
+
+// printSummary prints the balancer's identity, readiness, addresses and
+// totals as label-value lines.
+func printSummary(w io.Writer, st *Status) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	ready := "yes"
 	if !st.Ready {
@@ -159,63 +179,64 @@ func printStatus(w io.Writer, st *Status, routes []Route, backends []Backend, ev
 	fmt.Fprintf(tw, "Backends\t%d of %d connected, %d ejected\n", st.BackendsConnected, st.Backends, st.BackendsEjected)
 	fmt.Fprintf(tw, "Streams\t%d active\n", st.ActiveStreams)
 	fmt.Fprintf(tw, "Bytes\t%s to backends, %s from backends\n", bytesString(st.BytesTo), bytesString(st.BytesFrom))
-	if err := tw.Flush(); err != nil {
+	return tw.Flush()
+}
+
+// printRoutes prints one row per route, naming each pool's protocol and
+// policy on its first row only.
+func printRoutes(w io.Writer, routes []Route) error {
+	if len(routes) == 0 {
+		_, err := fmt.Fprintln(w, "No routes.")
 		return err
 	}
-
-	fmt.Fprintln(w)
-	if len(routes) == 0 {
-		fmt.Fprintln(w, "No routes.")
-	} else {
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "PROTOCOL\tPOLICY\tBACKEND\tSTATE\tTTL\tWEIGHT\tSTREAMS")
-		last := ""
-		for _, r := range routes {
-			proto, policy := r.Protocol, r.Strategy
-			if r.Sticky {
-				policy += ", sticky"
-			}
-			if proto == last {
-				proto, policy = "", "" // one pool: name it once
-			}
-			last = r.Protocol
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", proto, policy, r.Backend, routeState(r),
-				ttlString(time.Duration(r.TTLSeconds*float64(time.Second))), r.Weight, r.ActiveStreams)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROTOCOL\tPOLICY\tBACKEND\tSTATE\tTTL\tWEIGHT\tSTREAMS")
+	last := ""
+	for _, r := range routes {
+		proto, policy := r.Protocol, r.Strategy
+		if r.Sticky {
+			policy += ", sticky"
 		}
-		if err := tw.Flush(); err != nil {
-			return err
+		if proto == last {
+			proto, policy = "", "" // one pool: name it once
 		}
+		last = r.Protocol
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", proto, policy, r.Backend, routeState(r),
+			ttlString(time.Duration(r.TTLSeconds*float64(time.Second))), r.Weight, r.ActiveStreams)
 	}
+	return tw.Flush()
+}
 
-	fmt.Fprintln(w)
+// printBackends prints one row per allowed backend.
+func printBackends(w io.Writer, backends []Backend) error {
 	if len(backends) == 0 {
-		fmt.Fprintln(w, "No backends allowed.")
-	} else {
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "BACKEND\tCONNECTED\tHEALTH\tROUTES\tSTREAMS\tOUTBOUND\tTO\tFROM\tADDRESSES")
-		for _, b := range backends {
-			health := "healthy"
-			if !b.Healthy && b.EjectedUntil != nil {
-				health = "ejected until " + b.EjectedUntil.Local().Format(time.TimeOnly)
-			}
-			addrs := strings.Join(b.Addrs, " ")
-			if addrs == "" {
-				addrs = "-"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", b.ID, yesNo(b.Connected), health, len(b.Protocols),
-				b.Streams, b.Outbound, bytesString(b.BytesTo), bytesString(b.BytesFrom), addrs)
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
+		_, err := fmt.Fprintln(w, "No backends allowed.")
+		return err
 	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BACKEND\tCONNECTED\tHEALTH\tROUTES\tSTREAMS\tOUTBOUND\tTO\tFROM\tADDRESSES")
+	for _, b := range backends {
+		health := "healthy"
+		if !b.Healthy && b.EjectedUntil != nil {
+			health = "ejected until " + b.EjectedUntil.Local().Format(time.TimeOnly)
+		}
+		addrs := strings.Join(b.Addrs, " ")
+		if addrs == "" {
+			addrs = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", b.ID, yesNo(b.Connected), health, len(b.Protocols),
+			b.Streams, b.Outbound, bytesString(b.BytesTo), bytesString(b.BytesFrom), addrs)
+	}
+	return tw.Flush()
+}
 
-	fmt.Fprintln(w)
+// printEvents prints the recent refusals.
+func printEvents(w io.Writer, events []Event) error {
 	if len(events) == 0 {
-		fmt.Fprintln(w, "No recent refusals.")
-		return nil
+		_, err := fmt.Fprintln(w, "No recent refusals.")
+		return err
 	}
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tWHAT\tDIRECTION\tPROTOCOL\tPEER\tREASON")
 	for _, e := range events {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.TimeOnly), e.Kind,
