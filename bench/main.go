@@ -32,7 +32,78 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// run is the command: it parses args, measures, and writes the report. It
+// returns the exit code.
 func run(args []string) int {
+	cfg, out, code := parseFlags(args)
+	if code >= 0 {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	rep, err := harness.Run(ctx, cfg)
+	if errors.Is(err, harness.ErrNoNetns) {
+		fmt.Fprintln(os.Stderr, "bench: -netns skipped:", err)
+		return 0
+	}
+	if rep == nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if err != nil && len(rep.Rows) == 0 && len(rep.Errors) == 0 {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	runErr := err
+	command := strings.TrimSpace("go run ./bench " + strings.Join(args, " "))
+	if err := out.write(rep, command); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if cfg.Log != nil {
+		fmt.Fprintf(cfg.Log, "done in %v; %d of %d targets missed\n", time.Since(start).Round(time.Second), len(rep.Failed()), len(rep.Targets))
+	}
+	if runErr != nil {
+		// Something did not run: the smoke run in CI must fail.
+		fmt.Fprintln(os.Stderr, "bench:", runErr)
+		return 1
+	}
+	return 0
+}
+
+// outputs names the files the report is written to besides stdout; an
+// empty name writes none.
+type outputs struct {
+	json, svg, md string
+}
+
+// write prints the Markdown tables to stdout and writes each requested
+// file. command is the command line shown in the Markdown.
+func (o outputs) write(rep *harness.Report, command string) error {
+	rep.Markdown(os.Stdout, command)
+	if o.md != "" {
+		if err := writeFile(o.md, func(f *os.File) error { rep.Markdown(f, command); return nil }); err != nil {
+			return err
+		}
+	}
+	if o.json != "" {
+		if err := writeFile(o.json, func(f *os.File) error { return rep.JSON(f) }); err != nil {
+			return err
+		}
+	}
+	if o.svg != "" {
+		if err := writeFile(o.svg, func(f *os.File) error { return rep.SVG(f) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseFlags turns args into the harness configuration and the output
+// files. code is the exit code when the command is already done (a flag
+// error, or -replot), and -1 when it should go on to measure.
+func parseFlags(args []string) (cfg harness.Config, out outputs, code int) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	d := harness.DefaultConfig()
 	var (
@@ -63,15 +134,17 @@ func run(args []string) int {
 		replot     = fs.String("replot", "", "draw the SVG (-svg) again from a report written with -json, without measuring")
 	)
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return cfg, out, 2
 	}
 	if *replot != "" {
-		return redraw(*replot, *svgOut)
+		return cfg, out, redraw(*replot, *svgOut)
 	}
-	cfg := d
+	cfg = d
 	if *smoke {
 		cfg = harness.SmokeConfig()
 	}
+	// With -smoke, only the flags given on the command line override the
+	// smoke configuration; without it, every flag (given or default) does.
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
@@ -96,7 +169,7 @@ func run(args []string) int {
 	apply("timeout", func() { cfg.Timeout = *timeout })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 2
+		return cfg, out, 2
 	}
 	cfg.Separate, cfg.Netns = *separate, *netns
 	cfg.PeerDelay, cfg.BackDelay = *peerDelay, *backDelay
@@ -106,55 +179,9 @@ func run(args []string) int {
 	}
 	if err := validate(&cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 2
+		return cfg, out, 2
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	start := time.Now()
-	rep, err := harness.Run(ctx, cfg)
-	if errors.Is(err, harness.ErrNoNetns) {
-		fmt.Fprintln(os.Stderr, "bench: -netns skipped:", err)
-		return 0
-	}
-	if rep == nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
-	}
-	if err != nil && len(rep.Rows) == 0 && len(rep.Errors) == 0 {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
-	}
-	runErr := err
-	command := "go run ./bench " + strings.Join(args, " ")
-	rep.Markdown(os.Stdout, strings.TrimSpace(command))
-	if *mdOut != "" {
-		if err := writeFile(*mdOut, func(f *os.File) error { rep.Markdown(f, strings.TrimSpace(command)); return nil }); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return 1
-		}
-	}
-	if *jsonOut != "" {
-		if err := writeFile(*jsonOut, func(f *os.File) error { return rep.JSON(f) }); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return 1
-		}
-	}
-	if *svgOut != "" {
-		if err := writeFile(*svgOut, func(f *os.File) error { return rep.SVG(f) }); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return 1
-		}
-	}
-	if cfg.Log != nil {
-		fmt.Fprintf(cfg.Log, "done in %v; %d of %d targets missed\n", time.Since(start).Round(time.Second), len(rep.Failed()), len(rep.Targets))
-	}
-	if runErr != nil {
-		// Something did not run: the smoke run in CI must fail.
-		fmt.Fprintln(os.Stderr, "bench:", runErr)
-		return 1
-	}
-	return 0
+	return cfg, outputs{json: *jsonOut, svg: *svgOut, md: *mdOut}, -1
 }
 
 func validate(cfg *harness.Config) error {

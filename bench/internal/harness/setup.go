@@ -131,128 +131,155 @@ func protoStrings() []string {
 func (pl *place) build(ctx context.Context, name, tr string) (*setup, error) {
 	s := &setup{name: name, transport: tr, pl: pl}
 	prefix := tr + "/" + name + "/"
+	var err error
 	switch name {
 	case Direct:
-		a, err := pl.mkHost(ctx, pl.back, HostSpec{Name: prefix + "A", Transport: tr, Limits: LimitsInfinite}, pl.backIP)
-		if err != nil {
-			return nil, err
-		}
-		if err := pl.do(ctx, pl.back, Request{Op: "serve", Name: prefix + "A"}); err != nil {
-			return nil, err
-		}
-		s.measure = pl.back
-		s.agents = []Agent{pl.peer, pl.back}
-		s.addPair = func(ctx context.Context, i int) (pair, error) {
-			d := fmt.Sprintf("%sD%d", prefix, i)
-			if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite}, pl.peerIP); err != nil {
-				return pair{}, err
-			}
-			if err := pl.do(ctx, pl.peer, Request{Op: "connect", Name: d, Target: &a, Protos: protoStrings()}); err != nil {
-				return pair{}, err
-			}
-			return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: a.ID}}, nil
-		}
-
+		err = pl.buildDirect(ctx, s, prefix)
 	case Relay:
-		r, err := pl.mkHost(ctx, pl.mid, HostSpec{Name: prefix + "R", Transport: tr, Limits: LimitsInfinite}, pl.midIP)
-		if err != nil {
-			return nil, err
-		}
-		if err := pl.do(ctx, pl.mid, Request{Op: "relay", Name: prefix + "R"}); err != nil {
-			return nil, err
-		}
-		a, err := pl.mkHost(ctx, pl.back, HostSpec{Name: prefix + "A", Transport: tr, Limits: LimitsInfinite, Relay: true, NoListen: true}, pl.backIP)
-		if err != nil {
-			return nil, err
-		}
-		if err := pl.do(ctx, pl.back, Request{Op: "serve", Name: prefix + "A"}); err != nil {
-			return nil, err
-		}
-		if err := pl.do(ctx, pl.back, Request{Op: "reserve", Name: prefix + "A", Target: &r}); err != nil {
-			return nil, err
-		}
-		var circuit []ma.Multiaddr
-		for _, addr := range r.Addrs {
-			c, err := ma.NewMultiaddr(addr.String() + "/p2p/" + r.ID.String() + "/p2p-circuit")
-			if err != nil {
-				return nil, err
-			}
-			circuit = append(circuit, c)
-		}
-		target := peer.AddrInfo{ID: a.ID, Addrs: circuit}
-		s.mid, s.measure = pl.mid, pl.mid
-		s.agents = []Agent{pl.peer, pl.mid, pl.back}
-		s.addPair = func(ctx context.Context, i int) (pair, error) {
-			d := fmt.Sprintf("%sD%d", prefix, i)
-			if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite, Relay: true, NoListen: true}, pl.peerIP); err != nil {
-				return pair{}, err
-			}
-			if err := pl.do(ctx, pl.peer, Request{Op: "connect", Name: d, Target: &target, Protos: protoStrings()}); err != nil {
-				return pair{}, err
-			}
-			return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: a.ID}}, nil
-		}
-
+		err = pl.buildRelay(ctx, s, prefix)
 	case LBIn, LBOut:
-		lbKey, lbID, err := newKey()
-		if err != nil {
-			return nil, err
-		}
-		beKey, beID, err := newKey()
-		if err != nil {
-			return nil, err
-		}
-		lb, err := pl.mkHost(ctx, pl.mid, HostSpec{Name: prefix + "LB", Transport: tr, Key: lbKey, Limits: LimitsLink, LinkPeers: []peer.ID{beID}}, pl.midIP)
-		if err != nil {
-			return nil, err
-		}
-		if err := pl.do(ctx, pl.mid, Request{Op: "balancer", Name: prefix + "LB", Allow: []peer.ID{beID}}); err != nil {
-			return nil, err
-		}
-		be := prefix + "A"
-		if name == LBOut {
-			be = prefix + "B"
-		}
-		if _, err := pl.mkHost(ctx, pl.back, HostSpec{Name: be, Transport: tr, Key: beKey, Limits: LimitsLink, LinkPeers: []peer.ID{lbID}}, pl.backIP); err != nil {
-			return nil, err
-		}
-		if err := pl.do(ctx, pl.back, Request{Op: "backend", Name: be, Target: &lb}); err != nil {
-			return nil, err
-		}
-		s.mid, s.measure = pl.mid, pl.mid
-		s.agents = []Agent{pl.peer, pl.mid, pl.back}
-		s.lb, s.backend = lb, be
-		if name == LBIn {
-			s.addPair = func(ctx context.Context, i int) (pair, error) {
-				d := fmt.Sprintf("%sD%d", prefix, i)
-				if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite}, pl.peerIP); err != nil {
-					return pair{}, err
-				}
-				if err := pl.do(ctx, pl.peer, Request{Op: "connect", Name: d, Target: &lb, Protos: protoStrings()}); err != nil {
-					return pair{}, err
-				}
-				return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: lb.ID}}, nil
-			}
-		} else {
-			s.addPair = func(ctx context.Context, i int) (pair, error) {
-				e := fmt.Sprintf("%sE%d", prefix, i)
-				info, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: e, Transport: tr, Limits: LimitsInfinite}, pl.peerIP)
-				if err != nil {
-					return pair{}, err
-				}
-				if err := pl.do(ctx, pl.peer, Request{Op: "serve", Name: e}); err != nil {
-					return pair{}, err
-				}
-				return pair{agent: pl.back, host: be, via: "backend", target: info}, nil
-			}
-		}
+		err = pl.buildBalancer(ctx, s, prefix)
 	default:
 		return nil, fmt.Errorf("unknown setup %q", name)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if err := s.grow(ctx, 1); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// buildDirect starts the Direct setup in s: backend A, which each peer D
+// dials straight.
+func (pl *place) buildDirect(ctx context.Context, s *setup, prefix string) error {
+	tr := s.transport
+	a, err := pl.mkHost(ctx, pl.back, HostSpec{Name: prefix + "A", Transport: tr, Limits: LimitsInfinite}, pl.backIP)
+	if err != nil {
+		return err
+	}
+	if err := pl.do(ctx, pl.back, Request{Op: "serve", Name: prefix + "A"}); err != nil {
+		return err
+	}
+	s.measure = pl.back
+	s.agents = []Agent{pl.peer, pl.back}
+	s.addPair = func(ctx context.Context, i int) (pair, error) {
+		d := fmt.Sprintf("%sD%d", prefix, i)
+		if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite}, pl.peerIP); err != nil {
+			return pair{}, err
+		}
+		if err := pl.do(ctx, pl.peer, Request{Op: "connect", Name: d, Target: &a, Protos: protoStrings()}); err != nil {
+			return pair{}, err
+		}
+		return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: a.ID}}, nil
+	}
+	return nil
+}
+
+// buildRelay starts the Relay setup in s: relay R on the middle node and
+// backend A reserved on it, which each peer D reaches by a circuit address.
+func (pl *place) buildRelay(ctx context.Context, s *setup, prefix string) error {
+	tr := s.transport
+	r, err := pl.mkHost(ctx, pl.mid, HostSpec{Name: prefix + "R", Transport: tr, Limits: LimitsInfinite}, pl.midIP)
+	if err != nil {
+		return err
+	}
+	if err := pl.do(ctx, pl.mid, Request{Op: "relay", Name: prefix + "R"}); err != nil {
+		return err
+	}
+	a, err := pl.mkHost(ctx, pl.back, HostSpec{Name: prefix + "A", Transport: tr, Limits: LimitsInfinite, Relay: true, NoListen: true}, pl.backIP)
+	if err != nil {
+		return err
+	}
+	if err := pl.do(ctx, pl.back, Request{Op: "serve", Name: prefix + "A"}); err != nil {
+		return err
+	}
+	if err := pl.do(ctx, pl.back, Request{Op: "reserve", Name: prefix + "A", Target: &r}); err != nil {
+		return err
+	}
+	var circuit []ma.Multiaddr
+	for _, addr := range r.Addrs {
+		c, err := ma.NewMultiaddr(addr.String() + "/p2p/" + r.ID.String() + "/p2p-circuit")
+		if err != nil {
+			return err
+		}
+		circuit = append(circuit, c)
+	}
+	target := peer.AddrInfo{ID: a.ID, Addrs: circuit}
+	s.mid, s.measure = pl.mid, pl.mid
+	s.agents = []Agent{pl.peer, pl.mid, pl.back}
+	s.addPair = func(ctx context.Context, i int) (pair, error) {
+		d := fmt.Sprintf("%sD%d", prefix, i)
+		if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite, Relay: true, NoListen: true}, pl.peerIP); err != nil {
+			return pair{}, err
+		}
+		if err := pl.do(ctx, pl.peer, Request{Op: "connect", Name: d, Target: &target, Protos: protoStrings()}); err != nil {
+			return pair{}, err
+		}
+		return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: a.ID}}, nil
+	}
+	return nil
+}
+
+// buildBalancer starts the LBIn or LBOut setup in s: a balancer on the
+// middle node and its backend, which peers D reach inbound (LBIn), or which
+// opens outbound streams to peers E (LBOut).
+func (pl *place) buildBalancer(ctx context.Context, s *setup, prefix string) error {
+	tr, name := s.transport, s.name
+	lbKey, lbID, err := newKey()
+	if err != nil {
+		return err
+	}
+	beKey, beID, err := newKey()
+	if err != nil {
+		return err
+	}
+	lb, err := pl.mkHost(ctx, pl.mid, HostSpec{Name: prefix + "LB", Transport: tr, Key: lbKey, Limits: LimitsLink, LinkPeers: []peer.ID{beID}}, pl.midIP)
+	if err != nil {
+		return err
+	}
+	if err := pl.do(ctx, pl.mid, Request{Op: "balancer", Name: prefix + "LB", Allow: []peer.ID{beID}}); err != nil {
+		return err
+	}
+	be := prefix + "A"
+	if name == LBOut {
+		be = prefix + "B"
+	}
+	if _, err := pl.mkHost(ctx, pl.back, HostSpec{Name: be, Transport: tr, Key: beKey, Limits: LimitsLink, LinkPeers: []peer.ID{lbID}}, pl.backIP); err != nil {
+		return err
+	}
+	if err := pl.do(ctx, pl.back, Request{Op: "backend", Name: be, Target: &lb}); err != nil {
+		return err
+	}
+	s.mid, s.measure = pl.mid, pl.mid
+	s.agents = []Agent{pl.peer, pl.mid, pl.back}
+	s.lb, s.backend = lb, be
+	if name == LBIn {
+		s.addPair = func(ctx context.Context, i int) (pair, error) {
+			d := fmt.Sprintf("%sD%d", prefix, i)
+			if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite}, pl.peerIP); err != nil {
+				return pair{}, err
+			}
+			if err := pl.do(ctx, pl.peer, Request{Op: "connect", Name: d, Target: &lb, Protos: protoStrings()}); err != nil {
+				return pair{}, err
+			}
+			return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: lb.ID}}, nil
+		}
+	} else {
+		s.addPair = func(ctx context.Context, i int) (pair, error) {
+			e := fmt.Sprintf("%sE%d", prefix, i)
+			info, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: e, Transport: tr, Limits: LimitsInfinite}, pl.peerIP)
+			if err != nil {
+				return pair{}, err
+			}
+			if err := pl.do(ctx, pl.peer, Request{Op: "serve", Name: e}); err != nil {
+				return pair{}, err
+			}
+			return pair{agent: pl.back, host: be, via: "backend", target: info}, nil
+		}
+	}
+	return nil
 }
 
 // grow adds pairs until there are n, each warmed up by a few

@@ -16,15 +16,52 @@ type svgRow struct {
 	atLeast bool
 }
 
+// svgPanel is one bar chart of the plot.
+type svgPanel struct {
+	title string
+	unit  string
+	rows  []svgRow
+}
+
+// The plot's layout, in pixels.
+const (
+	svgWidth   = 20 + 150 + 2*(125) + 3*(240+30)
+	svgBarH    = 9
+	svgRowGap  = 8
+	svgPanelW  = 240
+	svgMargin  = 20
+	svgHeaderH = 60
+	svgRowH    = 2*svgBarH + svgRowGap
+)
+
 // SVG draws the ratios as horizontal bar charts, one panel per
 // denominator (direct, relay) and one for idle memory at the balancer, with
 // each target marked. Plain SVG, no dependency.
 func (r *Report) SVG(w io.Writer) error {
-	type panel struct {
-		title string
-		unit  string
-		rows  []svgRow
+	panels := r.svgPanels()
+	maxRows := 0
+	for _, p := range panels {
+		maxRows = max(maxRows, len(p.rows))
 	}
+	height := svgHeaderH + maxRows*svgRowH + 24
+	var b strings.Builder
+	r.svgHeader(&b, height)
+	px := svgMargin
+	for pi, p := range panels {
+		lw := 150
+		if pi > 0 {
+			lw = 125
+		}
+		px = p.draw(&b, px, lw, pi > 0)
+	}
+	b.WriteString("</svg>\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// svgPanels gathers the figures to plot from the report: the ratios to
+// direct and to relay, and idle memory, each row with its target.
+func (r *Report) svgPanels() []svgPanel {
 	ratio := func(tr, metric, den string, target float64, atLeast bool, label string) svgRow {
 		row := svgRow{label: strings.ToUpper(tr) + " " + label, target: target, atLeast: atLeast}
 		for i, s := range []string{LBIn, LBOut} {
@@ -35,10 +72,10 @@ func (r *Report) SVG(w io.Writer) error {
 		}
 		return row
 	}
-	var direct, relay, idle panel
-	direct = panel{title: "balancer ÷ direct", unit: "×"}
-	relay = panel{title: "balancer ÷ circuit relay v2", unit: "×"}
-	idle = panel{title: "idle memory at the balancer", unit: " KiB/stream"}
+	var direct, relay, idle svgPanel
+	direct = svgPanel{title: "balancer ÷ direct", unit: "×"}
+	relay = svgPanel{title: "balancer ÷ circuit relay v2", unit: "×"}
+	idle = svgPanel{title: "idle memory at the balancer", unit: " KiB/stream"}
 	for _, tr := range r.Transport {
 		direct.rows = append(direct.rows,
 			ratio(tr, "bulk_MBps", Direct, 0.6, true, "bulk MB/s"),
@@ -61,97 +98,81 @@ func (r *Report) SVG(w io.Writer) error {
 		}
 		idle.rows = append(idle.rows, row)
 	}
-	panels := []panel{direct, relay, idle}
+	return []svgPanel{direct, relay, idle}
+}
 
-	const (
-		width   = 20 + 150 + 2*(125) + 3*(240+30)
-		barH    = 9
-		rowGap  = 8
-		panelW  = 240
-		margin  = 20
-		headerH = 60
-	)
-	maxRows := 0
-	for _, p := range panels {
-		maxRows = max(maxRows, len(p.rows))
+// svgHeader opens the document: its size, the title and the legend.
+func (r *Report) svgHeader(b *strings.Builder, height int) {
+	fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="10">`+"\n", svgWidth, height)
+	fmt.Fprintf(b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(b, `<text x="%d" y="16" font-size="13" font-weight="bold">libp2p-balancer vs direct and circuit relay v2 (%s, median of %d)</text>`+"\n", svgMargin, html.EscapeString(r.Mode), r.Config.Runs)
+	fmt.Fprintf(b, `<rect x="%d" y="24" width="10" height="8" fill="#3b6fb6"/><text x="%d" y="32">inbound (D→LB→A)</text>`, svgMargin, svgMargin+14)
+	fmt.Fprintf(b, `<rect x="%d" y="24" width="10" height="8" fill="#e08a2c"/><text x="%d" y="32">outbound (B→LB→E)</text>`, svgMargin+120, svgMargin+134)
+	fmt.Fprintf(b, `<line x1="%d" y1="28" x2="%d" y2="28" stroke="#c00" stroke-width="2" stroke-dasharray="3,2"/><text x="%d" y="32">target</text>`+"\n", svgMargin+250, svgMargin+270, svgMargin+274)
+}
+
+// draw writes the panel, its labels lw wide from x = px and abbreviated
+// when short, and returns the x where the next panel starts.
+func (p svgPanel) draw(b *strings.Builder, px, lw int, short bool) int {
+	scaleMax := 0.0
+	for _, row := range p.rows {
+		for _, v := range row.values {
+			if !math.IsNaN(v) {
+				scaleMax = max(scaleMax, v)
+			}
+		}
+		scaleMax = max(scaleMax, row.target)
 	}
-	rowH := 2*barH + rowGap
-	height := headerH + maxRows*rowH + 24
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="10">`+"\n", width, height)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="16" font-size="13" font-weight="bold">libp2p-balancer vs direct and circuit relay v2 (%s, median of %d)</text>`+"\n", margin, html.EscapeString(r.Mode), r.Config.Runs)
-	fmt.Fprintf(&b, `<rect x="%d" y="24" width="10" height="8" fill="#3b6fb6"/><text x="%d" y="32">inbound (D→LB→A)</text>`, margin, margin+14)
-	fmt.Fprintf(&b, `<rect x="%d" y="24" width="10" height="8" fill="#e08a2c"/><text x="%d" y="32">outbound (B→LB→E)</text>`, margin+120, margin+134)
-	fmt.Fprintf(&b, `<line x1="%d" y1="28" x2="%d" y2="28" stroke="#c00" stroke-width="2" stroke-dasharray="3,2"/><text x="%d" y="32">target</text>`+"\n", margin+250, margin+270, margin+274)
-	px := margin
-	for pi, p := range panels {
-		lw := 150
-		if pi > 0 {
-			lw = 125
+	scaleMax = niceCeil(scaleMax * 1.1)
+	if scaleMax == 0 {
+		scaleMax = 1
+	}
+	bx := px + lw
+	px = bx + svgPanelW + 30
+	xs := func(v float64) float64 { return float64(bx) + v/scaleMax*float64(svgPanelW) }
+	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", bx, svgHeaderH-12, html.EscapeString(p.title))
+	for i := 0; i <= 4; i++ {
+		v := scaleMax * float64(i) / 4
+		x := xs(v)
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>`, x, svgHeaderH-4, x, svgHeaderH+len(p.rows)*svgRowH)
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%s</text>`+"\n", x, svgHeaderH+len(p.rows)*svgRowH+12, trimFloat(v))
+	}
+	if p.unit == "×" {
+		x := xs(1)
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#888"/>`+"\n", x, svgHeaderH-4, x, svgHeaderH+len(p.rows)*svgRowH)
+	}
+	for ri, row := range p.rows {
+		y := svgHeaderH + ri*svgRowH
+		label := row.label
+		if short {
+			label = abbrev(label)
 		}
-		scaleMax := 0.0
-		for _, row := range p.rows {
-			for _, v := range row.values {
-				if !math.IsNaN(v) {
-					scaleMax = max(scaleMax, v)
-				}
+		fmt.Fprintf(b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", bx-4, y+svgBarH+3, html.EscapeString(label))
+		for i, v := range row.values {
+			yy := y + i*svgBarH
+			color := "#3b6fb6"
+			if i == 1 {
+				color = "#e08a2c"
 			}
-			scaleMax = max(scaleMax, row.target)
+			if !math.IsNaN(v) {
+				fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>`, bx, yy, math.Max(xs(v)-float64(bx), 0.5), svgBarH-1, color)
+			}
 		}
-		scaleMax = niceCeil(scaleMax * 1.1)
-		if scaleMax == 0 {
-			scaleMax = 1
+		if row.target > 0 {
+			x := xs(row.target)
+			fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c00" stroke-width="2" stroke-dasharray="3,2"/>`+"\n", x, y-2, x, y+2*svgBarH+1)
 		}
-		bx := px + lw
-		px = bx + panelW + 30
-		xs := func(v float64) float64 { return float64(bx) + v/scaleMax*float64(panelW) }
-		fmt.Fprintf(&b, `<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", bx, headerH-12, html.EscapeString(p.title))
-		for i := 0; i <= 4; i++ {
-			v := scaleMax * float64(i) / 4
-			x := xs(v)
-			fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>`, x, headerH-4, x, headerH+len(p.rows)*rowH)
-			fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%s</text>`+"\n", x, headerH+len(p.rows)*rowH+12, trimFloat(v))
-		}
-		if p.unit == "×" {
-			x := xs(1)
-			fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#888"/>`+"\n", x, headerH-4, x, headerH+len(p.rows)*rowH)
-		}
-		for ri, row := range p.rows {
-			y := headerH + ri*rowH
-			label := row.label
-			if pi > 0 {
-				label = abbrev(label)
+		// Labels last, so that no bar or target line covers them.
+		for i, v := range row.values {
+			yy := y + i*svgBarH
+			if math.IsNaN(v) {
+				fmt.Fprintf(b, `<text x="%d" y="%d" fill="#999">n/a</text>`+"\n", bx+2, yy+svgBarH-1)
+				continue
 			}
-			fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", bx-4, y+barH+3, html.EscapeString(label))
-			for i, v := range row.values {
-				yy := y + i*barH
-				color := "#3b6fb6"
-				if i == 1 {
-					color = "#e08a2c"
-				}
-				if !math.IsNaN(v) {
-					fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>`, bx, yy, math.Max(xs(v)-float64(bx), 0.5), barH-1, color)
-				}
-			}
-			if row.target > 0 {
-				x := xs(row.target)
-				fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c00" stroke-width="2" stroke-dasharray="3,2"/>`+"\n", x, y-2, x, y+2*barH+1)
-			}
-			// Labels last, so that no bar or target line covers them.
-			for i, v := range row.values {
-				yy := y + i*barH
-				if math.IsNaN(v) {
-					fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#999">n/a</text>`+"\n", bx+2, yy+barH-1)
-					continue
-				}
-				fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#222" stroke="white" stroke-width="3" paint-order="stroke">%s</text>`+"\n", xs(v)+3, yy+barH-1, trimFloat(v))
-			}
+			fmt.Fprintf(b, `<text x="%.1f" y="%d" fill="#222" stroke="white" stroke-width="3" paint-order="stroke">%s</text>`+"\n", xs(v)+3, yy+svgBarH-1, trimFloat(v))
 		}
 	}
-	b.WriteString("</svg>\n")
-	_, err := io.WriteString(w, b.String())
-	return err
+	return px
 }
 
 func abbrev(s string) string {
