@@ -9,7 +9,9 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
-// Direction says which way a forwarded stream was opened.
+// Direction says which side opened a forwarded stream: a remote peer
+// (Inbound) or a backend (Outbound). It is not pipe.Direction, which names
+// one of the two byte copies that carry any stream.
 type Direction int
 
 const (

@@ -1,6 +1,11 @@
 // Package link chooses the connection a balancer–backend stream travels on
 // and opens it there.
 //
+// Across the project, "link" means one thing: the connections between a
+// balancer and one of its backends. This package opens streams on them,
+// and the link peers (node.Config.LinkPeers, wire.AddLimits) are the peers
+// at their other end, which get raised resource limits.
+//
 // go-libp2p's QUIC transport lets a peer open at most 256 concurrent streams
 // on one connection (quicreuse's MaxIncomingStreams, fixed, not
 // configurable); the 257th NewStream blocks until a stream ends. A balancer
@@ -30,9 +35,9 @@ import (
 // QUIC connection to a go-libp2p peer (p2p/transport/quicreuse/config.go).
 const quicStreamCap = 256
 
-// StreamCap returns how many streams this side may have open in direction dir
-// on c at once, or 0 when the transport sets no fixed cap (yamux over TCP:
-// the resource manager decides).
+// StreamCap returns how many outbound streams this side may have open on c
+// at once, or 0 when the transport sets no fixed cap (yamux over TCP: the
+// resource manager decides).
 func StreamCap(c network.Conn) int {
 	capped := false
 	ma.ForEach(c.RemoteMultiaddr(), func(comp ma.Component) bool {
