@@ -16,12 +16,12 @@ import (
 // handleForward accepts a stream a balancer forwards from a remote peer and
 // hands it to the handler registered for its protocol.
 func (b *Backend) handleForward(s network.Stream) {
-	lb := s.Conn().RemotePeer()
-	sess := b.byPeer[lb]
+	balancerID := s.Conn().RemotePeer()
+	sess := b.byPeer[balancerID]
 	if sess == nil {
 		// Only a configured balancer may speak for a remote peer; anyone
 		// else could claim any peer ID in the Forward message.
-		b.log.Info("forward stream from a peer that is not a balancer reset", "peer", lb)
+		b.log.Info("forward stream from a peer that is not a balancer reset", "peer", balancerID)
 		s.Reset()
 		return
 	}
@@ -35,7 +35,7 @@ func (b *Backend) handleForward(s network.Stream) {
 		if errors.Is(err, wire.ErrMalformed) {
 			wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
 		} else {
-			b.log.Debug("reading forward request failed", "balancer", lb, "err", err)
+			b.log.Debug("reading forward request failed", "balancer", balancerID, "err", err)
 			s.Reset()
 		}
 		return
@@ -61,7 +61,7 @@ func (b *Backend) handleForward(s network.Stream) {
 		}
 	}
 	if serr != nil {
-		b.log.Info("forwarded stream refused", "balancer", lb, "status", serr.Status, "reason", serr.Text)
+		b.log.Info("forwarded stream refused", "balancer", balancerID, "status", serr.Status, "reason", serr.Text)
 		wire.WriteFinal(s, &pb.ForwardResponse{Status: serr.Status, Text: serr.Text})
 		return
 	}
@@ -76,7 +76,7 @@ func (b *Backend) handleForward(s network.Stream) {
 	handler(&stream{
 		Stream: s,
 		proto:  proto,
-		conn:   &conn{Conn: s.Conn(), local: lb, remote: remote, raddr: raddr, own: s},
+		conn:   &conn{Conn: s.Conn(), local: balancerID, remote: remote, raddr: raddr, own: s},
 	})
 }
 

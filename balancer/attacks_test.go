@@ -25,15 +25,15 @@ import (
 func TestCannotReleaseOthersRoutes(t *testing.T) {
 	a, b := newIdentity(t), newIdentity(t)
 	f := newFixture(t, testnet.TCP, []identity{a, b})
-	lb := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
-	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lb}})
+	lbID := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
+	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, ah, f.host)
 	testnet.Connect(t, bh, f.host)
-	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/mine"}}); resp.Status != pb.Status_OK {
+	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/mine"}}); resp.Status != pb.Status_OK {
 		t.Fatal(resp)
 	}
-	if resp := rawRequest(t, bh, lb, &pb.RoutingRequest{Release: []string{"/mine"}}); resp.Status != pb.Status_OK || len(resp.Protocols) != 0 {
+	if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Release: []string{"/mine"}}); resp.Status != pb.Status_OK || len(resp.Protocols) != 0 {
 		t.Fatalf("release of another backend's route: %v", resp)
 	}
 	routes := f.lb.Routes()
@@ -47,8 +47,8 @@ func TestCannotReleaseOthersRoutes(t *testing.T) {
 func TestBadRequests(t *testing.T) {
 	a := newIdentity(t)
 	f := newFixture(t, testnet.TCP, []identity{a})
-	lb := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+	lbID := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, ah, f.host)
 
 	many := make([]string, 2000)
@@ -68,7 +68,7 @@ func TestBadRequests(t *testing.T) {
 		{"2000 protocols, over the per-request limit", many, pb.Status_RESOURCE_LIMIT_EXCEEDED},
 	}
 	for _, c := range cases {
-		if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: c.protos}); resp.Status != c.want {
+		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: c.protos}); resp.Status != c.want {
 			t.Errorf("%s: %v, want %v", c.name, resp.Status, c.want)
 		}
 	}
@@ -82,7 +82,7 @@ func TestBadRequests(t *testing.T) {
 	var framedRaw []byte
 	framedRaw = protowire.AppendVarint(framedRaw, uint64(len(raw)))
 	framedRaw = append(framedRaw, raw...)
-	s, err := ah.NewStream(context.Background(), lb, wire.RoutingRequestID)
+	s, err := ah.NewStream(context.Background(), lbID, wire.RoutingRequestID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestBadRequests(t *testing.T) {
 
 	// Outbound: invalid target peer ID and address.
 	outbound := func(req *pb.Forward) pb.Status {
-		s, err := ah.NewStream(context.Background(), lb, wire.ForwardID)
+		s, err := ah.NewStream(context.Background(), lbID, wire.ForwardID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,10 +123,10 @@ func TestBadRequests(t *testing.T) {
 	if st := outbound(&pb.Forward{Peer: []byte(e)}); st != pb.Status_MALFORMED_MESSAGE {
 		t.Errorf("no protocol: %v", st)
 	}
-	if st := outbound(&pb.Forward{Peer: []byte(lb), Protocols: []string{"/x"}}); st != pb.Status_DIAL_FAILED {
+	if st := outbound(&pb.Forward{Peer: []byte(lbID), Protocols: []string{"/x"}}); st != pb.Status_DIAL_FAILED {
 		t.Errorf("the balancer as target: %v", st)
 	}
-	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{}); resp.Status != pb.Status_OK || len(resp.Protocols) != 1 {
+	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{}); resp.Status != pb.Status_OK || len(resp.Protocols) != 1 {
 		t.Fatalf("after the bad requests: %v", resp)
 	}
 }
@@ -137,12 +137,12 @@ func TestBadRequests(t *testing.T) {
 func TestHalfOpenHandshakes(t *testing.T) {
 	a, attacker := newIdentity(t), newIdentity(t)
 	f := newFixture(t, testnet.TCP, []identity{a, attacker}, balancer.WithHandshakeTimeout(500*time.Millisecond))
-	lb := f.host.ID()
-	xh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: attacker.key, LinkPeers: []peer.ID{lb}})
+	lbID := f.host.ID()
+	xh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: attacker.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, xh, f.host)
 	var streams []network.Stream
 	for i := 0; i < 100; i++ {
-		s, err := xh.NewStream(context.Background(), lb, wire.ForwardID)
+		s, err := xh.NewStream(context.Background(), lbID, wire.ForwardID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,8 +156,8 @@ func TestHalfOpenHandshakes(t *testing.T) {
 	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/served": echo})
 	waitRegistered(t, be, "/served")
 	d := f.newPeer()
-	waitServed(t, d, lb, true, "/served")
-	openAndEcho(t, d, lb, "/served", []byte("still served"))
+	waitServed(t, d, lbID, true, "/served")
+	openAndEcho(t, d, lbID, "/served", []byte("still served"))
 	// Every half-open stream ends, by the deadline, not by us.
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -232,8 +232,8 @@ func TestStreamFlood(t *testing.T) {
 func TestRoutesMustFitOneResponse(t *testing.T) {
 	a := newIdentity(t)
 	f := newFixture(t, testnet.TCP, []identity{a})
-	lb := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+	lbID := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, ah, f.host)
 	batch := func(from, n int) []string {
 		var out []string
@@ -243,15 +243,15 @@ func TestRoutesMustFitOneResponse(t *testing.T) {
 		return out
 	}
 	// 300 IDs of 39 bytes: 12 KiB, fits.
-	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: batch(0, 300)}); resp.Status != pb.Status_OK {
+	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(0, 300)}); resp.Status != pb.Status_OK {
 		t.Fatalf("300 routes: %v", resp.Status)
 	}
 	// 200 more would make 20 KiB.
-	resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: batch(300, 200)})
+	resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(300, 200)})
 	if resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED || !strings.Contains(resp.Text, "16384") {
 		t.Fatalf("500 routes: %v %q", resp.Status, resp.Text)
 	}
-	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{}); len(resp.Protocols) != 300 {
+	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 300 {
 		t.Fatalf("after the refusal: %d routes, want the 300 from before", len(resp.Protocols))
 	}
 }

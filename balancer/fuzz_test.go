@@ -112,11 +112,11 @@ func FuzzInboundDelivery(f *testing.F) {
 	valid := framed(&pb.Forward{Peer: []byte(env.d), Protocols: []string{"/fuzz/echo"}})
 	addSeeds(f, valid)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		lb := env.f.host
-		sendRaw(lb, env.beHost.ID(), wire.ForwardID, data)
+		lbHost := env.f.host
+		sendRaw(lbHost, env.beHost.ID(), wire.ForwardID, data)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s, err := lb.NewStream(ctx, env.beHost.ID(), wire.ForwardID)
+		s, err := lbHost.NewStream(ctx, env.beHost.ID(), wire.ForwardID)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -29,11 +29,11 @@ func holdHandler(t *testing.T) network.StreamHandler {
 
 // openHeld opens a stream on proto from d, writes a byte, and reports the
 // stream reset code within a short wait: nil if the stream is still open.
-func openHeld(t *testing.T, d host.Host, lb host.Host, proto protocol.ID) (network.Stream, error) {
+func openHeld(t *testing.T, d host.Host, lbHost host.Host, proto protocol.ID) (network.Stream, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := d.NewStream(ctx, lb.ID(), proto)
+	s, err := d.NewStream(ctx, lbHost.ID(), proto)
 	if err != nil {
 		return nil, err
 	}
@@ -137,19 +137,19 @@ func TestInboundLimits(t *testing.T) {
 func TestBackendLimits(t *testing.T) {
 	a, b := newIdentity(t), newIdentity(t)
 	f := newFixture(t, testnet.TCP, []identity{a, b}, balancer.WithLimits(balancer.Limits{ProtocolsPerRequest: 3, RoutesPerBackend: 4, OutboundPerBackend: 1}))
-	lb := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+	lbID := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, ah, f.host)
-	resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/1", "/2", "/3", "/4"}})
+	resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/1", "/2", "/3", "/4"}})
 	if resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED || resp.Text == "" {
 		t.Fatalf("4 protocols in one request, limit 3: %v", resp)
 	}
 	for _, ps := range [][]string{{"/1", "/2", "/3"}, {"/4"}} {
-		if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: ps}); resp.Status != pb.Status_OK {
+		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: ps}); resp.Status != pb.Status_OK {
 			t.Fatalf("within the limits: %v", resp)
 		}
 	}
-	if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/5"}}); resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED {
+	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/5"}}); resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED {
 		t.Fatalf("a fifth route, limit 4: %v", resp)
 	}
 

@@ -30,11 +30,11 @@ func countingEcho(n *atomic.Int64) network.StreamHandler {
 }
 
 // openAndEcho opens proto from d to the balancer and round-trips payload.
-func openAndEcho(t *testing.T, d host.Host, lb peer.ID, proto protocol.ID, payload []byte) {
+func openAndEcho(t *testing.T, d host.Host, lbID peer.ID, proto protocol.ID, payload []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := d.NewStream(ctx, lb, proto)
+	s, err := d.NewStream(ctx, lbID, proto)
 	if err != nil {
 		t.Fatalf("open %s: %v", proto, err)
 	}

@@ -31,26 +31,26 @@ func TestRouteLifecycle(t *testing.T) {
 		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{f.host.ID()}})
 		testnet.Connect(t, ah, f.host)
 		d := f.newPeer()
-		lb := f.host.ID()
+		lbID := f.host.ID()
 
 		const expiring, kept, released protocol.ID = "/test/expiring", "/test/kept", "/test/released"
-		resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{string(expiring), string(kept), string(released)}, TtlSeconds: 2})
+		resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(expiring), string(kept), string(released)}, TtlSeconds: 2})
 		if resp.Status != pb.Status_OK || resp.TtlSeconds != 2 || len(resp.Protocols) != 3 {
 			t.Fatalf("register: %v", resp)
 		}
-		waitServed(t, d, lb, true, expiring, kept, released)
+		waitServed(t, d, lbID, true, expiring, kept, released)
 
 		// Release at once.
-		resp = rawRequest(t, ah, lb, &pb.RoutingRequest{Release: []string{string(released)}})
+		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Release: []string{string(released)}})
 		if resp.Status != pb.Status_OK || slices.Contains(resp.Protocols, string(released)) {
 			t.Fatalf("release: %v", resp)
 		}
-		waitServed(t, d, lb, false, released)
+		waitServed(t, d, lbID, false, released)
 
 		// Keep extending one route past the other's expiry.
 		start := time.Now()
 		for time.Since(start) < 4*time.Second {
-			resp = rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 2})
+			resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 2})
 			if resp.Status != pb.Status_OK {
 				t.Fatalf("extend: %v", resp)
 			}
@@ -59,23 +59,23 @@ func TestRouteLifecycle(t *testing.T) {
 			}
 			break
 		}
-		waitServed(t, d, lb, false, expiring)
-		waitServed(t, d, lb, true, kept)
+		waitServed(t, d, lbID, false, expiring)
+		waitServed(t, d, lbID, true, kept)
 		if time.Since(start) < time.Second {
 			t.Fatalf("route expired after %v, before its 2 s TTL", time.Since(start))
 		}
 
 		// The TTL is capped by the balancer's maximum; 0 asks for the default.
-		resp = rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 3600})
+		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 3600})
 		if resp.TtlSeconds != 10 {
 			t.Fatalf("TTL granted for 3600 s: %d, want the 10 s maximum", resp.TtlSeconds)
 		}
-		resp = rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{string(kept)}})
+		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}})
 		if resp.TtlSeconds != 1 {
 			t.Fatalf("TTL granted for 0: %d, want the 1 s default", resp.TtlSeconds)
 		}
 		// An empty request is a query.
-		resp = rawRequest(t, ah, lb, &pb.RoutingRequest{})
+		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{})
 		if resp.Status != pb.Status_OK || !slices.Equal(resp.Protocols, []string{string(kept)}) {
 			t.Fatalf("query: %v", resp)
 		}
@@ -121,12 +121,12 @@ func TestPermissions(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		a := newIdentity(t)
 		f := newFixture(t, tr, nil, balancer.WithAllow(a.id, "/allowed/*", "/exact"))
-		lb := f.host.ID()
+		lbID := f.host.ID()
 
 		stranger := newIdentity(t)
 		sh := testnet.NewHost(t, tr, testnet.Options{Key: stranger.key})
 		testnet.Connect(t, sh, f.host)
-		if resp := rawRequest(t, sh, lb, &pb.RoutingRequest{Protocols: []string{"/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+		if resp := rawRequest(t, sh, lbID, &pb.RoutingRequest{Protocols: []string{"/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
 			t.Fatalf("stranger registers: %v", resp)
 		}
 		// A stranger cannot use the balancer as an open proxy either.
@@ -145,20 +145,20 @@ func TestPermissions(t *testing.T) {
 			t.Fatalf("stranger outbound: err = %v, want PERMISSION_DENIED", err)
 		}
 
-		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 		testnet.Connect(t, ah, f.host)
-		resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact", "/other"}})
+		resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact", "/other"}})
 		if resp.Status != pb.Status_PERMISSION_DENIED || !strings.Contains(resp.Text, "/other") {
 			t.Fatalf("partly allowed request: %v", resp)
 		}
-		if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{}); len(resp.Protocols) != 0 {
+		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 0 {
 			t.Fatalf("a refused request changed routes: %v", resp.Protocols)
 		}
-		if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact"}}); resp.Status != pb.Status_OK {
+		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact"}}); resp.Status != pb.Status_OK {
 			t.Fatalf("allowed request: %v", resp)
 		}
 		for _, p := range []string{"/ipfs/id/1.0.0", "/libp2p/balancer/routing-request", "/libp2p/balancer/anything"} {
-			if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{p}}); resp.Status != pb.Status_PROTOCOL_RESERVED {
+			if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{p}}); resp.Status != pb.Status_PROTOCOL_RESERVED {
 				t.Fatalf("reserved %s: %v", p, resp)
 			}
 		}
@@ -186,13 +186,13 @@ func TestMalformedMessages(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		a := newIdentity(t)
 		f := newFixture(t, tr, []identity{a})
-		lb := f.host.ID()
-		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+		lbID := f.host.ID()
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 		testnet.Connect(t, ah, f.host)
 
 		send := func(proto protocol.ID, raw []byte) *pb.RoutingResponse {
 			t.Helper()
-			s, err := ah.NewStream(context.Background(), lb, proto)
+			s, err := ah.NewStream(context.Background(), lbID, proto)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -235,7 +235,7 @@ func TestMalformedMessages(t *testing.T) {
 			}
 		}
 		// The balancer still serves.
-		if resp := rawRequest(t, ah, lb, &pb.RoutingRequest{Protocols: []string{"/fine"}}); resp.Status != pb.Status_OK {
+		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/fine"}}); resp.Status != pb.Status_OK {
 			t.Fatalf("after malformed messages: %v", resp)
 		}
 	})

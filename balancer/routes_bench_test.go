@@ -32,8 +32,8 @@ import (
 // rbSetup is a balancer, one backend A serving rbEcho through the backend
 // library, and a remote peer D.
 type rbSetup struct {
-	lb   host.Host
-	a, d host.Host
+	lbHost host.Host
+	a, d   host.Host
 }
 
 const rbEcho protocol.ID = "/bench/routes/echo/1.0.0"
@@ -69,7 +69,7 @@ func newRBSetup(b *testing.B) *rbSetup {
 	}, "backend not registered")
 	d := testnet.NewHost(b, testnet.TCP, testnet.Options{})
 	testnet.Connect(b, d, lbh)
-	return &rbSetup{lb: lbh, a: ah, d: d}
+	return &rbSetup{lbHost: lbh, a: ah, d: d}
 }
 
 // request sends one RoutingRequest from A's host, as the backend library
@@ -77,7 +77,7 @@ func newRBSetup(b *testing.B) *rbSetup {
 func (s *rbSetup) request(b *testing.B, req *pb.RoutingRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	str, err := s.a.NewStream(ctx, s.lb.ID(), wire.RoutingRequestID)
+	str, err := s.a.NewStream(ctx, s.lbHost.ID(), wire.RoutingRequestID)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func BenchmarkRoutesInbound(b *testing.B) {
 			ctx := context.Background()
 			b.ResetTimer()
 			for b.Loop() {
-				str, err := s.d.Network().NewStream(ctx, s.lb.ID())
+				str, err := s.d.Network().NewStream(ctx, s.lbHost.ID())
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -79,7 +79,7 @@ const outboundTimeout = 30 * time.Second
 type Sidecar struct {
 	cfg   Config
 	log   *slog.Logger
-	links []*link
+	hosts []*backendHost
 
 	listeners []net.Listener
 
@@ -92,9 +92,9 @@ type Sidecar struct {
 	closeOnce sync.Once
 }
 
-// link is one host and the backend running on it, registered with one
+// backendHost is one host and the backend running on it, registered with one
 // instance of each balancer peer ID.
-type link struct {
+type backendHost struct {
 	host host.Host
 	be   *backend.Backend
 }
@@ -139,7 +139,7 @@ func Start(cfg Config) (*Sidecar, error) {
 			s.closeAll()
 			return nil, err
 		}
-		opts := append(cfg.backendOptions(), backend.WithLogger(s.log.With("link", i)))
+		opts := append(cfg.backendOptions(), backend.WithLogger(s.log.With("host", i)))
 		be, err := backend.New(h, group, opts...)
 		if err != nil {
 			h.Close()
@@ -149,11 +149,11 @@ func Start(cfg Config) (*Sidecar, error) {
 		for _, o := range cfg.Outbound {
 			h.Peerstore().AddAddrs(o.Peer, o.Addrs, peerstore.PermanentAddrTTL)
 		}
-		s.links = append(s.links, &link{host: h, be: be})
+		s.hosts = append(s.hosts, &backendHost{host: h, be: be})
 	}
 	for _, r := range cfg.Routes {
-		for _, l := range s.links {
-			l.be.SetStreamAcceptor(r.Protocol, s.inbound(r))
+		for _, bh := range s.hosts {
+			bh.be.SetStreamAcceptor(r.Protocol, s.inbound(r))
 		}
 	}
 	for i, l := range s.listeners {
@@ -162,7 +162,7 @@ func Start(cfg Config) (*Sidecar, error) {
 	}
 	s.wg.Add(1)
 	go s.watch()
-	s.log.Info("sidecar started", "peer", s.ID(), "balancer", s.links[0].be.ID(),
+	s.log.Info("sidecar started", "peer", s.ID(), "balancer", s.hosts[0].be.ID(),
 		"instances", len(cfg.Balancers), "routes", len(cfg.Routes), "outbound", len(cfg.Outbound), "proxy_protocol", cfg.ProxyProtocol)
 	return s, nil
 }
@@ -185,7 +185,7 @@ func groupInstances(instances []peer.AddrInfo) [][]peer.AddrInfo {
 }
 
 // ID returns the sidecar's own peer ID, the one balancers must allow.
-func (s *Sidecar) ID() peer.ID { return s.links[0].host.ID() }
+func (s *Sidecar) ID() peer.ID { return s.hosts[0].host.ID() }
 
 // OutboundAddrs returns the outbound listeners' addresses, in the order of
 // Config.Outbound, with the real port when 0 was asked for.
@@ -202,8 +202,8 @@ func (s *Sidecar) OutboundAddrs() []net.Addr {
 // spread over hosts), each host's in the order of Config.Balancers.
 func (s *Sidecar) Status() []backend.Status {
 	var out []backend.Status
-	for _, l := range s.links {
-		out = append(out, l.be.Status()...)
+	for _, bh := range s.hosts {
+		out = append(out, bh.be.Status()...)
 	}
 	return out
 }
@@ -235,8 +235,8 @@ func (s *Sidecar) Close() error {
 		s.active.resetAll()
 		s.cancel()
 		s.wg.Wait()
-		for _, l := range s.links {
-			l.host.Close()
+		for _, bh := range s.hosts {
+			bh.host.Close()
 		}
 		err = nil
 	})
@@ -249,11 +249,11 @@ func (s *Sidecar) stopAccepting() {
 	}
 	s.active.close()
 	var wg sync.WaitGroup
-	for _, l := range s.links {
+	for _, bh := range s.hosts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.be.Close() // releases the routes
+			bh.be.Close() // releases the routes
 		}()
 	}
 	wg.Wait()
@@ -264,9 +264,9 @@ func (s *Sidecar) closeAll() {
 	for _, l := range s.listeners {
 		l.Close()
 	}
-	for _, l := range s.links {
-		l.be.Close()
-		l.host.Close()
+	for _, bh := range s.hosts {
+		bh.be.Close()
+		bh.host.Close()
 	}
 	s.cancel()
 }
@@ -394,8 +394,8 @@ func (s *Sidecar) outbound(c tcpStream, o Outbound) {
 // cannot be reached or cannot reach p; any other refusal is final.
 func (s *Sidecar) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	var lastErr error
-	for _, l := range s.links {
-		str, err := l.be.NewStream(ctx, p, pids...)
+	for _, bh := range s.hosts {
+		str, err := bh.be.NewStream(ctx, p, pids...)
 		if err == nil {
 			return str, nil
 		}
@@ -447,8 +447,8 @@ func (s *Sidecar) watch() {
 		case <-t.C:
 		}
 		i := -1
-		for li, l := range s.links {
-			for _, st := range l.be.Status() {
+		for hi, bh := range s.hosts {
+			for _, st := range bh.be.Status() {
 				i++
 				cur := state{connected: st.Connected, protos: fmt.Sprint(st.Protocols)}
 				prev, had := last[i]
@@ -457,11 +457,11 @@ func (s *Sidecar) watch() {
 					continue
 				}
 				if cur.protos != prev.protos && len(st.Protocols) > 0 {
-					s.log.Info("registered", "link", li, "balancer", st.Balancer, "protocols", st.Protocols,
+					s.log.Info("registered", "host", hi, "balancer", st.Balancer, "protocols", st.Protocols,
 						"ttl", st.Expires.Sub(st.Registered).Round(time.Second))
 				}
 				if had && prev.connected && !cur.connected {
-					s.log.Warn("balancer connection lost; reconnecting", "link", li, "balancer", st.Balancer)
+					s.log.Warn("balancer connection lost; reconnecting", "host", hi, "balancer", st.Balancer)
 				}
 			}
 		}
