@@ -1,0 +1,136 @@
+package browser_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/internal/chromium"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+)
+
+// TestExample follows the README's "Reach a private service from a web
+// page" with the real binaries: `balancer serve` on browser transports,
+// examples/browser as the backend serving the page, and the page in
+// Chromium. Over each address the page offers, a typed message comes back
+// echoed by the balancer's peer ID, followed by the backend's push.
+func TestExample(t *testing.T) {
+	needBundle(t)
+	dir := t.TempDir()
+	lbBin, exBin := filepath.Join(dir, "balancer"), filepath.Join(dir, "browser")
+	if err := proctest.Build(lbBin, "../../cmd/balancer"); err != nil {
+		t.Fatal(err)
+	}
+	if err := proctest.Build(exBin, "../../examples/browser"); err != nil {
+		t.Fatal(err)
+	}
+	lbKey, lbID := proctest.KeyFile(t, dir, "lb.key")
+	echoKey, echoID := proctest.KeyFile(t, dir, "echo.key")
+
+	lb := startProc(t, "balancer", lbBin, "serve", "--identity", lbKey, "--admin", "off",
+		"--listen", "/ip4/127.0.0.1/tcp/0",
+		"--listen", "/ip4/127.0.0.1/tcp/0/ws",
+		"--listen", "/ip4/127.0.0.1/udp/0/quic-v1/webtransport",
+		"--listen", "/ip4/127.0.0.1/udp/0/webrtc-direct",
+		"--allow", echoID.String()+"=/libp2p-balancer/example/*")
+	testnet.Eventually(t, 20*time.Second, func() bool { return len(lb.lines()) == 4 }, "the balancer printed its 4 addresses")
+	web, err := filepath.Abs(filepath.Dir(bundle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := startProc(t, "examples/browser", exBin, "--identity", echoKey, "--balancer", lb.lines()[0],
+		"--http", "127.0.0.1:0", "--web", web)
+	testnet.Eventually(t, 20*time.Second, func() bool { return len(ex.lines()) == 1 }, "the example printed its URL")
+	pageURL, ok := strings.CutPrefix(ex.lines()[0], "open ")
+	if !ok {
+		t.Fatalf("the example printed %q, want `open URL`", ex.lines()[0])
+	}
+	// The page reads the balancer's browser addresses once, when it
+	// loads; the backend knows them once identify has run.
+	var addrs []string
+	testnet.Eventually(t, 20*time.Second, func() bool {
+		resp, err := http.Get(pageURL + "addrs.json")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&addrs) == nil && len(addrs) == 3
+	}, "the example serves the balancer's 3 browser addresses")
+
+	br := chromium.Start(t)
+	page := br.Open(t, pageURL)
+	testnet.Eventually(t, 30*time.Second, func() bool {
+		var ready bool
+		return page.TryEval(`!document.getElementById("send").disabled`, &ready) == nil && ready
+	}, "the page is ready")
+	count := func(prefix string) (n int) {
+		var lines []string
+		page.Eval(t, `[...document.querySelectorAll("#log li")].map(li => li.textContent)`, &lines)
+		for _, l := range lines {
+			if strings.Contains(l, prefix) {
+				n++
+			}
+		}
+		return n
+	}
+	for i, a := range addrs {
+		msg := "hello over " + a
+		js, _ := json.Marshal(map[string]string{"addr": a, "msg": msg})
+		page.Eval(t, `(() => { const p = `+string(js)+`;
+			document.getElementById("addr").value = p.addr;
+			document.getElementById("msg").value = p.msg;
+			document.getElementById("send").click() })()`, nil)
+		testnet.Eventually(t, 30*time.Second, func() bool {
+			return count("echoed by "+lbID.String()) == i+1 && count("pushed by the backend, from "+lbID.String()) == i+1
+		}, "the page shows the echo and the push over %s", a)
+		if count(msg) != 1 {
+			t.Errorf("the page does not show the echoed message %q", msg)
+		}
+	}
+	if t.Failed() {
+		var text string
+		page.Eval(t, `document.body.innerText`, &text)
+		t.Logf("the page:\n%s", text)
+	}
+	if errs := br.Errors(); len(errs) > 0 {
+		t.Errorf("the page reported errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// proc is a process a test runs; it is killed when the test ends, and its
+// output is logged if the test failed.
+type proc struct {
+	cmd            *exec.Cmd
+	stdout, stderr proctest.SyncBuffer
+}
+
+func startProc(t *testing.T, name, path string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(path, args...)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+		if t.Failed() {
+			t.Logf("--- %s\n--- stdout:\n%s--- stderr:\n%s", name, p.stdout.String(), p.stderr.String())
+		}
+	})
+	return p
+}
+
+// lines returns the complete lines printed on standard output so far.
+func (p *proc) lines() []string {
+	s := p.stdout.String()
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return strings.Split(s[:i], "\n")
+	}
+	return nil
+}
