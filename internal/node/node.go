@@ -1,14 +1,19 @@
 // Package node builds the go-libp2p hosts that the balancer's commands run:
 // go-libp2p's default transports, security and muxers, the resource manager
 // limits of the balancer protocol raised for the peers on the other side of
-// a balancer–backend link (wire.AddLimits), and listen addresses opened one
-// at a time so that a failure names the address that failed.
+// a balancer–backend link (wire.AddLimits), a certificate for secure
+// WebSockets, per-IP connection limits that a reverse proxy can be exempted
+// from, and listen addresses opened one at a time so that a failure names
+// the address that failed.
 package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -16,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -23,6 +29,7 @@ import (
 	libp2pwebrtc "github.com/libp2p/go-libp2p/p2p/transport/webrtc"
 	ws "github.com/libp2p/go-libp2p/p2p/transport/websocket"
 	webtransport "github.com/libp2p/go-libp2p/p2p/transport/webtransport"
+	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
@@ -38,6 +45,22 @@ type Config struct {
 	// LinkPeers get the balancer protocol's raised per-peer limits: the
 	// allowed backends on a balancer, the balancers on a backend.
 	LinkPeers []peer.ID
+	// TLS serves the secure WebSocket listeners (/tls/ws, /wss), which
+	// need it; the other transports bring their own certificates. Give it
+	// a GetCertificate (certfile.Pair.TLSConfig) so that renewed
+	// certificates apply without restarting the listeners.
+	TLS *tls.Config
+	// ConnsPerIP bounds the connections open at once from one IPv4
+	// address or IPv6 /56 (eight times as many per /48), and lets one
+	// address open twice as many in a burst before new ones are held to
+	// go-libp2p's rate of one per 5 s. 0 keeps go-libp2p's default, 8.
+	ConnsPerIP int
+	// ProxyNetworks are exempt from the per-IP limits, as loopback already
+	// is: the addresses of reverse proxies (nginx, Caddy) that terminate
+	// secure WebSockets in front of the host and so bring every browser
+	// from their own address. The resource manager's overall connection
+	// limits still apply.
+	ProxyNetworks []netip.Prefix
 	// Options are extra go-libp2p options, applied last.
 	Options []libp2p.Option
 }
@@ -53,11 +76,20 @@ func New(cfg Config) (host.Host, error) {
 	if cfg.Key == nil {
 		return nil, errors.New("node: no identity key")
 	}
-	limits := rcmgr.DefaultLimits
-	wire.AddLimits(&limits, cfg.LinkPeers...)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	if cfg.TLS == nil {
+		for _, a := range cfg.Listen {
+			if IsSecureWebSocket(a) {
+				return nil, fmt.Errorf("listen %s: a secure WebSocket address needs a TLS certificate", a)
+			}
+		}
+	}
+	rm, err := NewResourceManager(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
+	}
+	var wsOpts []any
+	if cfg.TLS != nil {
+		wsOpts = append(wsOpts, ws.WithTLSConfig(cfg.TLS))
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
@@ -66,7 +98,7 @@ func New(cfg Config) (host.Host, error) {
 		libp2p.NoListenAddrs,
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		libp2p.Transport(libp2pquic.NewTransport),
-		libp2p.Transport(ws.New),
+		libp2p.Transport(ws.New, wsOpts...),
 		libp2p.Transport(webtransport.New),
 		libp2p.Transport(libp2pwebrtc.New),
 	}
@@ -83,6 +115,93 @@ func New(cfg Config) (host.Host, error) {
 		}
 	}
 	return h, nil
+}
+
+// IsSecureWebSocket says whether a is a secure WebSocket address: /tls/ws
+// or its older spelling /wss.
+func IsSecureWebSocket(a ma.Multiaddr) bool {
+	tls := false
+	for _, c := range a {
+		switch c.Protocol().Code {
+		case ma.P_TLS:
+			tls = true
+		case ma.P_WSS:
+			return true
+		case ma.P_WS:
+			return tls
+		}
+	}
+	return false
+}
+
+// Per-IP limits on new connections (rate) and open ones (count). go-libp2p
+// v0.51.0 allows 8 connections at once per IPv4 address and per IPv6 /56,
+// 64 per /48, and a burst of 16 new connections per address (/56), 80 per
+// /48, refilled at 0.2/s (0.5/s per /48): p2p/host/resource-manager's
+// conn_limiter.go and conn_rate_limiter.go. Its rate defaults are not
+// exported, so they are written again here, scaled with ConnsPerIP.
+const (
+	defaultConnsPerIP = 8
+	connRatePerIP     = 0.2
+	connRatePer48     = 0.5
+)
+
+// NewResourceManager builds the resource manager New gives its host:
+// go-libp2p's default limits scaled to the machine, the balancer
+// protocol's limits raised for cfg.LinkPeers, and the per-IP connection
+// limits of cfg.ConnsPerIP and cfg.ProxyNetworks.
+func NewResourceManager(cfg Config) (network.ResourceManager, error) {
+	limits := rcmgr.DefaultLimits
+	wire.AddLimits(&limits, cfg.LinkPeers...)
+	var opts []rcmgr.Option
+	n := cfg.ConnsPerIP
+	if n < 0 {
+		return nil, fmt.Errorf("connections per IP %d: want 0 (the default, %d) or more", n, defaultConnsPerIP)
+	}
+	if n > 0 {
+		opts = append(opts, rcmgr.WithLimitPerSubnet(
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: n}},
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}},
+		))
+	}
+	if n > 0 || len(cfg.ProxyNetworks) > 0 {
+		if n == 0 {
+			n = defaultConnsPerIP
+		}
+		v4 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV4...)
+		v6 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV6...)
+		// Loopback is exempt from the rate as from the count.
+		prefixRates := []rate.PrefixLimit{
+			{Prefix: netip.MustParsePrefix("127.0.0.0/8")},
+			{Prefix: netip.MustParsePrefix("::1/128")},
+		}
+		for _, p := range cfg.ProxyNetworks {
+			p = p.Masked()
+			l := rcmgr.NetworkPrefixLimit{Network: p, ConnCount: math.MaxInt}
+			if p.Addr().Is4() {
+				v4 = append(v4, l)
+			} else {
+				v6 = append(v6, l)
+			}
+			prefixRates = append(prefixRates, rate.PrefixLimit{Prefix: p}) // RPS 0: no limit
+		}
+		opts = append(opts,
+			rcmgr.WithNetworkPrefixLimit(v4, v6),
+			rcmgr.WithConnRateLimiters(&rate.Limiter{
+				NetworkPrefixLimits: prefixRates,
+				SubnetRateLimiter: rate.SubnetLimiter{
+					IPv4SubnetLimits: []rate.SubnetLimit{
+						{PrefixLength: 32, Limit: rate.Limit{RPS: connRatePerIP, Burst: 2 * n}},
+					},
+					IPv6SubnetLimits: []rate.SubnetLimit{
+						{PrefixLength: 56, Limit: rate.Limit{RPS: connRatePerIP, Burst: 2 * n}},
+						{PrefixLength: 48, Limit: rate.Limit{RPS: connRatePer48, Burst: 10 * n}},
+					},
+					GracePeriod: time.Minute,
+				},
+			}))
+	}
+	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), opts...)
 }
 
 // listenCause strips the swarm's "failed to listen on any addresses: [...]"
