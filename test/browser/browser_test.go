@@ -14,6 +14,8 @@ package browser_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -34,6 +36,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/certfile"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/chromium"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
@@ -68,7 +71,8 @@ type result struct {
 }
 
 // TestBrowserTransports: a page in Chromium reaches a private backend
-// through the balancer over /ws, WebTransport and WebRTC-direct, each on
+// through the balancer over /ws, /tls/ws (with a certificate the test makes
+// and tells Chromium to trust), WebTransport and WebRTC-direct, each on
 // its own js-libp2p node. Over each it echoes 1 MiB byte-exact with a
 // half-close, sees the balancer's peer ID as the remote, and receives the
 // stream the backend then opens to the page's peer ID through the
@@ -78,13 +82,14 @@ func TestBrowserTransports(t *testing.T) {
 	start := time.Now()
 	f := newFixture(t,
 		"/ip4/127.0.0.1/tcp/0/ws",
+		"/ip4/127.0.0.1/tcp/0/tls/ws",
 		"/ip4/127.0.0.1/udp/0/quic-v1/webtransport",
 		"/ip4/127.0.0.1/udp/0/webrtc-direct",
 	)
-	br := chromium.Start(t)
+	br := chromium.Start(t, f.trustFlag)
 	results := f.run(t, br)
 	t.Logf("the browser test took %v in all", time.Since(start).Round(time.Millisecond))
-	f.check(t, results, "ws", "webtransport", "webrtc-direct")
+	f.check(t, results, "ws", "wss", "webtransport", "webrtc-direct")
 	if errs := br.Errors(); len(errs) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(errs, "\n"))
 	}
@@ -114,6 +119,9 @@ type fixture struct {
 	be    *backend.Backend
 	srv   *httptest.Server
 	addrs []string // the browser addresses, full, in the order asked
+	// trustFlag tells Chromium to accept the self-signed certificate of
+	// the /tls/ws listener, by the hash of its public key.
+	trustFlag string
 
 	mu      sync.Mutex
 	npushed int
@@ -122,6 +130,8 @@ type fixture struct {
 
 // newFixture starts the balancer on the browser addresses given (plus TCP,
 // for the backend) and a backend that has registered the echo protocol.
+// The secure WebSocket listeners serve a self-signed certificate for
+// 127.0.0.1 from PEM files, as an operator's would be.
 func newFixture(t *testing.T, browserAddrs ...string) *fixture {
 	t.Helper()
 	key, id := testnet.Key(t)
@@ -130,7 +140,17 @@ func newFixture(t *testing.T, browserAddrs ...string) *fixture {
 	for _, s := range append([]string{"/ip4/127.0.0.1/tcp/0"}, browserAddrs...) {
 		listen = append(listen, ma.StringCast(s))
 	}
-	h, err := node.New(node.Config{Key: key, Listen: listen, LinkPeers: []peer.ID{bid}})
+	dir := t.TempDir()
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := certfile.WriteSelfSigned(certPath, keyPath, time.Now().Add(time.Hour), "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := certfile.Load(certPath, keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spki := sha256.Sum256(pair.Leaf().RawSubjectPublicKeyInfo)
+	h, err := node.New(node.Config{Key: key, Listen: listen, LinkPeers: []peer.ID{bid}, TLS: pair.TLSConfig()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +164,7 @@ func newFixture(t *testing.T, browserAddrs ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{h: h, lb: lb}
+	f := &fixture{h: h, lb: lb, trustFlag: "--ignore-certificate-errors-spki-list=" + base64.StdEncoding.EncodeToString(spki[:])}
 	var tcp []ma.Multiaddr
 	for _, a := range full {
 		switch {

@@ -23,6 +23,16 @@ function randomBytes (n) {
   return b
 }
 
+// describe turns what a failed dial or stream throws into text: an Error
+// (with the errors of an AggregateError), or a DOM Event such as a
+// WebSocket's "error", which says nothing more than its type.
+function describe (err) {
+  if (err instanceof Event) return `${err.constructor.name} "${err.type}" (the browser gives no detail: see its console)`
+  let s = String(err?.stack ?? err)
+  for (const e of err?.errors ?? []) s += '\n  ' + describe(e)
+  return s
+}
+
 async function one (addr) {
   const r = { addr, transport: transportOf(addr) }
   let pushed
@@ -46,7 +56,7 @@ async function one (addr) {
     r.pushFrom = p.from
     r.pushText = p.text
   } catch (err) {
-    r.error = String(err?.stack ?? err)
+    r.error = describe(err)
   } finally {
     await node.stop()
   }
