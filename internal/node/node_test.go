@@ -6,11 +6,13 @@ import (
 	"crypto/x509"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ws "github.com/libp2p/go-libp2p/p2p/transport/websocket"
@@ -170,4 +172,60 @@ func TestSecureWebSocket(t *testing.T) {
 	if err := client.Connect(ctx, *ai); err != nil {
 		t.Fatalf("connecting over %s: %v", ai.Addrs[0], err)
 	}
+}
+
+// TestCertHashesFollowTheKey: the certificate hashes of WebTransport and
+// WebRTC-direct addresses derive from the host's key (and, for
+// WebTransport, the time), so two instances sharing a key publish the same
+// addresses at the same moment, and a restart keeps them; another key
+// gives other hashes.
+func TestCertHashesFollowTheKey(t *testing.T) {
+	listen := []ma.Multiaddr{
+		ma.StringCast("/ip4/127.0.0.1/udp/0/quic-v1/webtransport"),
+		ma.StringCast("/ip4/127.0.0.1/udp/0/webrtc-direct"),
+	}
+	hashes := func(key crypto.PrivKey) map[string][]string {
+		t.Helper()
+		h, err := node.New(node.Config{Key: key, Listen: listen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		addrs, err := node.Addrs(h, listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]string{}
+		for _, a := range addrs {
+			tr := "webrtc-direct"
+			if strings.Contains(a.String(), "/webtransport") {
+				tr = "webtransport"
+			}
+			for _, c := range a {
+				if c.Protocol().Code == ma.P_CERTHASH {
+					out[tr] = append(out[tr], c.Value())
+				}
+			}
+		}
+		if len(out["webtransport"]) == 0 || len(out["webrtc-direct"]) == 0 {
+			t.Fatalf("no certificate hashes in %v", addrs)
+		}
+		return out
+	}
+	key, _ := testnet.Key(t)
+	other, _ := testnet.Key(t)
+	a, b, c := hashes(key), hashes(key), hashes(other)
+	for _, tr := range []string{"webtransport", "webrtc-direct"} {
+		if !slices.Equal(a[tr], b[tr]) {
+			t.Errorf("%s: two hosts with one key publish %v and %v", tr, a[tr], b[tr])
+		}
+		if slices.Equal(a[tr], c[tr]) {
+			t.Errorf("%s: hosts with different keys publish the same hashes %v", tr, a[tr])
+		}
+	}
+	// WebTransport publishes the current certificate and the next one.
+	if n := len(a["webtransport"]); n != 2 {
+		t.Errorf("webtransport publishes %d hashes %v, want 2 (current and next)", n, a["webtransport"])
+	}
+	t.Logf("hashes: %v", a)
 }
