@@ -45,6 +45,8 @@ type Balancer struct {
 	opener link.Opener
 	// admission enforces the balancer-wide and per-remote-peer limits.
 	admission admission
+	// dials rate-limits the dials of each backend's outbound requests.
+	dials dialLimiter
 
 	// protoEmitter announces changes of the routed protocols (see
 	// announce); added and removed collect them meanwhile, under mu.

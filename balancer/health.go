@@ -1,17 +1,28 @@
 package balancer
 
 import (
+	"errors"
 	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
 // Health configures passive health checking, modelled on Envoy's outlier
 // detection: a backend that fails ConsecutiveFailures forward handshakes in
-// a row (refused, timed out, or the stream could not be opened) is ejected
-// from all its pools for BaseEjection times the number of times it was
-// ejected, at most MaxEjection. An ejected backend is offered a stream only
-// when every healthy backend of the pool failed it ("panic routing", so that
-// a pool whose backends all look unhealthy still serves). The first success
-// after an ejection lowers the multiplier by one.
+// a row (no answer within the handshake timeout, a reset, a broken answer,
+// or the stream could not be opened) is ejected from all its pools for
+// BaseEjection times the number of times it was ejected, at most
+// MaxEjection. An ejected backend is offered a stream only when every
+// healthy backend of the pool failed it ("panic routing", so that a pool
+// whose backends all look unhealthy still serves). The first success after
+// an ejection lowers the multiplier by one.
+//
+// A refusal (the backend answered with a status, such as REJECTED) is
+// neither a failure nor a success: the backend is alive and chose to turn
+// down that stream, perhaps for that remote peer, so counting refusals
+// would let one unwelcome remote peer eject a healthy backend from every
+// pool with five streams, and counting them as successes would let it hide
+// a failing backend's failures (issue 11, item 8).
 //
 // The yaml tags are the keys of balancer serve's configuration file
 // (health: in balancer.example.yaml).
@@ -40,13 +51,38 @@ type healthState struct {
 
 func (h *healthState) ejected(now time.Time) bool { return now.Before(h.ejectedUntil) }
 
+// outcome is how a backend answered an offer, for passive health.
+type outcome int
+
+const (
+	accepted outcome = iota
+	refused          // a status answer: alive, declined; not counted
+	failed           // timeout, reset, error, no stream: counted
+)
+
+// outcomeOf classifies offer's error.
+func outcomeOf(err error) outcome {
+	var se *wire.StatusError
+	switch {
+	case err == nil:
+		return accepted
+	case errors.As(err, &se):
+		return refused
+	default:
+		return failed
+	}
+}
+
 // recordOutcome updates be's health after a forward handshake. Returns true
 // when this failure ejected the backend.
-func (b *Balancer) recordOutcome(be *backendState, ok bool) (ejected bool, until time.Duration) {
+func (b *Balancer) recordOutcome(be *backendState, o outcome) (ejected bool, until time.Duration) {
+	if o == refused {
+		return false, 0
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := &be.health
-	if ok {
+	if o == accepted {
 		if h.failures > 0 || h.ejections > 0 {
 			h.failures = 0
 			if !h.ejected(time.Now()) && h.ejections > 0 {

@@ -47,7 +47,7 @@ func (b *Balancer) handleInbound(s network.Stream) {
 		be := m.r.backend
 		start := time.Now()
 		bs, err := b.offer(be, fwd)
-		if ejected, d := b.recordOutcome(be, err == nil); ejected {
+		if ejected, d := b.recordOutcome(be, outcomeOf(err)); ejected {
 			b.log.Warn("backend ejected", "backend", be.id, "for", d, "after", err)
 			b.cfg.tracer.BackendEjected(be.id, d)
 		}

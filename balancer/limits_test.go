@@ -136,7 +136,7 @@ func TestInboundLimits(t *testing.T) {
 // RESOURCE_LIMIT_EXCEEDED and a text, and others are served meanwhile.
 func TestBackendLimits(t *testing.T) {
 	a, b := newIdentity(t), newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a, b}, balancer.WithLimits(balancer.Limits{ProtocolsPerRequest: 3, RoutesPerBackend: 4, OutboundPerBackend: 1}))
+	f := newFixture(t, testnet.TCP, []identity{a, b}, balancer.WithLimits(balancer.Limits{ProtocolsPerRequest: 3, RoutesPerBackend: 4, OutboundPerBackend: 1}), loopbackTargets)
 	lbID := f.host.ID()
 	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, ah, f.host)

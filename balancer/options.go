@@ -24,6 +24,10 @@ type config struct {
 	tracer           Tracer
 	probeInterval    time.Duration
 	log              *slog.Logger
+	// dial is the outbound dial policy, nil for DefaultDialPolicy; see
+	// dialpolicy.go, which also holds its options.
+	dial             *DialPolicy
+	backendToBackend bool
 }
 
 // Defaults of the options. They, DefaultLimits and DefaultHealth are the

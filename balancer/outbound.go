@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -58,7 +59,7 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		_ = s.SetDeadline(time.Now().Add(b.cfg.dialTimeout))
 		var ts network.Stream
 		start := time.Now()
-		ts, serr = b.openTarget(target, addrs, protos)
+		ts, serr = b.openTarget(from, target, addrs, protos)
 		if serr == nil {
 			ok := &pb.ForwardResponse{Status: pb.Status_OK, Protocol: string(ts.Protocol())}
 			if err := wire.WriteMsg(s, ok); err != nil {
@@ -99,6 +100,9 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 		if err := wire.ValidateProtocol(p); err != nil {
 			return target, nil, nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "%v", err)
 		}
+		if controlProtocol(p) {
+			return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "protocol %q is one of the balancer host's own and is never opened for a backend", p)
+		}
 		if !b.cfg.acl.permits(from, p) {
 			return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "protocol %q is not allowed to this backend", p)
 		}
@@ -115,6 +119,9 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 	if target == b.h.ID() {
 		return target, nil, nil, wire.Errorf(pb.Status_DIAL_FAILED, "the target is the balancer itself")
 	}
+	if b.cfg.acl.isBackend(target) && !b.cfg.backendToBackend {
+		return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "the target is an allowed backend, and backend-to-backend streams are off")
+	}
 	return target, protos, addrs, nil
 }
 
@@ -122,14 +129,22 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 // accepts. Negotiation is eager (one round trip per refused protocol) so that
 // the protocol reported to the backend is the one the target confirmed, not
 // a guess from a possibly stale peerstore.
-func (b *Balancer) openTarget(target peer.ID, addrs []ma.Multiaddr, protos []protocol.ID) (network.Stream, *wire.StatusError) {
+//
+// The addresses the request names go through the dial policy first, and
+// a dial counts against the backend's dial rate (see dialpolicy.go).
+func (b *Balancer) openTarget(from, target peer.ID, addrs []ma.Multiaddr, protos []protocol.ID) (network.Stream, *wire.StatusError) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.dialTimeout)
 	defer cancel()
+	if serr := b.admitDial(from, target); serr != nil {
+		return nil, serr
+	}
+	policy := b.cfg.dialPolicy()
+	addrs, refused := policy.filterHints(addrs)
 	if len(addrs) > 0 {
 		b.h.Peerstore().AddAddrs(target, addrs, peerstore.TempAddrTTL)
 	}
 	if err := b.h.Connect(ctx, peer.AddrInfo{ID: target}); err != nil {
-		return nil, wire.Errorf(pb.Status_DIAL_FAILED, "connecting to %s: %v", target, err)
+		return nil, policy.dialFailure(target, err, refused)
 	}
 	ts, err := b.h.Network().NewStream(network.WithNoDial(ctx, "connected"), target)
 	if err != nil {
@@ -191,4 +206,30 @@ func (b *Balancer) admitOutbound(be *backendState) *wire.StatusError {
 func (b *Balancer) releaseOutbound(be *backendState) {
 	be.outbound.Add(-1)
 	b.admission.releaseOutbound()
+}
+
+// controlProtocols are the prefixes of the protocols by which the balancer's
+// host speaks for itself: a backend opening one of them to a remote peer
+// would speak as the host (an identify push rewriting what peers believe of
+// its addresses and protocols; a forward stream that another balancer's
+// backend trusts). Ping is not among them: services behind backend.NewHost
+// (bitswap) ping the peers they talk to.
+var controlProtocols = []string{
+	wire.ProtocolPrefix,
+	"/ipfs/id/",              // identify, identify push
+	"/p2p/id/",               // identify delta (old)
+	"/libp2p/autonat/",       // AutoNAT v1 and v2
+	"/libp2p/dcutr",          // hole punching
+	"/libp2p/circuit/relay/", // circuit relay v2 hop and stop
+}
+
+// controlProtocol reports whether outbound streams on p are refused
+// whatever the backend's grant.
+func controlProtocol(p string) bool {
+	for _, pre := range controlProtocols {
+		if strings.HasPrefix(p, pre) {
+			return true
+		}
+	}
+	return false
 }

@@ -120,7 +120,7 @@ func TestSeveralRequestsOnOneStream(t *testing.T) {
 func TestPermissions(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		a := newIdentity(t)
-		f := newFixture(t, tr, nil, balancer.WithAllow(a.id, "/allowed/*", "/exact"))
+		f := newFixture(t, tr, nil, balancer.WithAllow(a.id, "/allowed/*", "/exact"), loopbackTargets)
 		lbID := f.host.ID()
 
 		stranger := newIdentity(t)

@@ -30,7 +30,7 @@ const (
 func TestSeedScenario(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		a, b := newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{a, b})
+		f := newFixture(t, tr, []identity{a, b}, loopbackTargets)
 
 		type seen struct {
 			proto         protocol.ID
