@@ -24,7 +24,7 @@ func TestEjectionAndReturn(t *testing.T) {
 	good, bad := newIdentity(t), newIdentity(t)
 	f := newFixture(t, testnet.TCP, []identity{good, bad},
 		balancer.WithHealth(balancer.Health{ConsecutiveFailures: 3, BaseEjection: 3 * time.Second, MaxEjection: 10 * time.Second}))
-	offered := scriptedBackend(t, f, bad, pooled, &pb.ForwardResponse{Status: pb.Status_REJECTED, Text: "broken"})
+	offered := resettingBackend(t, f, bad, pooled)
 	var served atomic.Int64
 	be, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
 	waitRegistered(t, be, pooled)
