@@ -33,18 +33,19 @@ import (
 // IPv6 (::ffff:0:0/96, 64:ff9b::/96) are judged as the IPv4 address.
 //
 // The zero DialPolicy dials only public addresses, with no rate limit;
-// DefaultDialPolicy adds the rate limit.
+// DefaultDialPolicy adds the rate limit. The yaml tags are the keys of
+// balancer serve's configuration file (outbound: in balancer.example.yaml).
 type DialPolicy struct {
 	// Loopback allows 127.0.0.0/8 and ::1: for tests and single-machine
 	// setups whose remote peers listen on loopback. Default false.
-	Loopback bool
+	Loopback bool `yaml:"dial_loopback"`
 	// Private allows 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
 	// 100.64.0.0/10 (carrier-grade NAT) and fc00::/7: for a balancer whose
 	// remote peers are in the same private network. Default false: a
 	// balancer faces the public network, and its private side (the
 	// backends' network, internal services) is what a compromised backend
 	// would want to reach through it.
-	Private bool
+	Private bool `yaml:"dial_private"`
 	// DialsPerSecondPerBackend caps how often one backend's outbound
 	// requests make the balancer dial (a request to a peer it is already
 	// connected to costs nothing), as a token bucket with a burst of one
@@ -52,7 +53,7 @@ type DialPolicy struct {
 	// 0 means no limit. Default 20: a DHT lookup from a backend (α = 3 to
 	// 10 queries at a time) fits, and a sweep of a /24 network takes 13 s
 	// instead of milliseconds.
-	DialsPerSecondPerBackend float64
+	DialsPerSecondPerBackend float64 `yaml:"dials_per_second_per_backend"`
 }
 
 // DefaultDialPolicy returns the DialPolicy a Balancer has unless
@@ -70,7 +71,7 @@ func DefaultDialPolicy() DialPolicy {
 func WithDialPolicy(p DialPolicy) Option {
 	return func(c *config) error {
 		if p.DialsPerSecondPerBackend < 0 {
-			return fmt.Errorf("balancer: dial policy: %g dials per second per backend: must not be negative", p.DialsPerSecondPerBackend)
+			return &OptionError{"dials per second per backend", p.DialsPerSecondPerBackend, "must not be negative"}
 		}
 		c.dial = &p
 		return nil

@@ -70,8 +70,8 @@ func defaultConfig() config {
 // instead of checking the value a second time.
 type OptionError struct {
 	// Setting is one of "TTL default", "TTL maximum", "handshake timeout",
-	// "dial timeout", "idle timeout", "probe interval" and "health
-	// ejection times".
+	// "dial timeout", "idle timeout", "probe interval", "health
+	// ejection times" and "dials per second per backend".
 	Setting string
 	// Value is the value refused.
 	Value any

@@ -27,7 +27,8 @@ SIGTERM stops accepting new streams, lets streams in flight finish for up to
 
 Settings come from --config (YAML; see balancer.example.yaml), then from the
 flags given, which override the file; a repeatable flag replaces the file's
-whole list. Pools, limits and health are set in the file only.
+whole list. Pools, limits, health and the outbound dial rate are set in the
+file only.
 
 The admin listener (--admin, default 127.0.0.1:8242) serves Prometheus
 metrics on /metrics, JSON on /api/status, /api/routes, /api/backends and
@@ -71,6 +72,9 @@ func serveFlags(fs *flag.FlagSet, c *daemon.Config) *allowFlag {
 	fs.StringVar(&c.Admin, "admin", c.Admin, "`HOST:PORT` of the admin listener (metrics, JSON API, status page); off to disable")
 	fs.BoolVar(&c.AdminPublic, "admin-public", c.AdminPublic, "allow a non-loopback --admin address (then a token is required)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", c.AdminTokenFile, "`FILE` holding the admin bearer token (or set BALANCER_ADMIN_TOKEN)")
+	fs.BoolVar(&c.Outbound.Loopback, "dial-loopback", c.Outbound.Loopback, "let backends' outbound streams reach peers on loopback addresses\n(off: public addresses only; link-local and metadata never)")
+	fs.BoolVar(&c.Outbound.Private, "dial-private", c.Outbound.Private, "let backends' outbound streams reach peers on private addresses\n(10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)")
+	fs.BoolVar(&c.Outbound.BackendToBackend, "backend-to-backend", c.Outbound.BackendToBackend, "let a backend open outbound streams to another allowed backend")
 	return allow
 }
 

@@ -70,6 +70,9 @@ type Config struct {
 	Limits balancer.Limits `yaml:"limits"`
 	// Health tunes passive health checking; see balancer.Health.
 	Health balancer.Health `yaml:"health"`
+	// Outbound says where backends' outbound streams may make the
+	// balancer dial, and to whom; see Outbound.
+	Outbound Outbound `yaml:"outbound"`
 }
 
 // Pool sets the policy of the pools of protocols matching Protocol: an exact
@@ -124,6 +127,7 @@ func DefaultConfig() Config {
 		Admin:            DefaultAdmin,
 		Limits:           balancer.DefaultLimits(),
 		Health:           balancer.DefaultHealth(),
+		Outbound:         DefaultOutbound(),
 	}
 }
 
@@ -297,6 +301,7 @@ func (c *Config) balancerOptions() ([]balancer.Option, []peer.ID, error) {
 		}
 		opts = append(opts, balancer.WithPolicy(p.Protocol, balancer.Policy{Strategy: st, Sticky: p.Sticky}))
 	}
+	opts = append(opts, c.Outbound.balancerOptions()...)
 	if err := balancer.CheckOptions(opts...); err != nil {
 		return nil, nil, renamed(err)
 	}
@@ -306,13 +311,14 @@ func (c *Config) balancerOptions() ([]balancer.Option, []peer.ID, error) {
 // settingNames maps the balancer's names of its settings
 // (balancer.OptionError.Setting) to ours.
 var settingNames = map[string]string{
-	"TTL default":           "ttl-default",
-	"TTL maximum":           "ttl-max",
-	"handshake timeout":     "handshake-timeout",
-	"dial timeout":          "dial-timeout",
-	"idle timeout":          "idle-timeout",
-	"probe interval":        "probe-interval",
-	"health ejection times": "health: base_ejection..max_ejection",
+	"TTL default":                  "ttl-default",
+	"TTL maximum":                  "ttl-max",
+	"handshake timeout":            "handshake-timeout",
+	"dial timeout":                 "dial-timeout",
+	"idle timeout":                 "idle-timeout",
+	"probe interval":               "probe-interval",
+	"health ejection times":        "health: base_ejection..max_ejection",
+	"dials per second per backend": "outbound: dials_per_second_per_backend",
 }
 
 // renamed names a setting the balancer refused as our flag does.

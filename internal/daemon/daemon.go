@@ -70,7 +70,8 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity file %s: %w", cfg.Identity, err)
 	}
-	d, err := listen(cfg, log, node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: metrics.Libp2pOptions(reg)}, opts)
+	hostOpts := append(metrics.Libp2pOptions(reg), cfg.Outbound.hostOptions()...)
+	d, err := listen(cfg, log, node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: hostOpts}, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -208,7 +208,13 @@ func (r *run) start() error {
 	r.names[aID], r.names[bID], r.names[r.cID] = "A", "B", "C"
 	// Ping off: every protocol the balancer host serves is reserved, and
 	// the demo wants nothing in its view but the balancer's own.
-	r.lbHost, _, err = r.newHost("LB", true, []peer.ID{aID, bID, r.cID}, libp2p.Ping(false))
+	// Every peer of the demo is on loopback, which the default dial policy
+	// refuses for outbound streams: the demo opts in, as a single-machine
+	// setup does with --dial-loopback.
+	dial := balancer.DefaultDialPolicy()
+	dial.Loopback = true
+	r.lbHost, _, err = r.newHost("LB", true, []peer.ID{aID, bID, r.cID}, libp2p.Ping(false),
+		libp2p.ConnectionGater(&balancer.DialGater{Policy: dial}))
 	if err != nil {
 		return err
 	}
@@ -217,6 +223,7 @@ func (r *run) start() error {
 		balancer.WithAllow(bID, "/demo/b*"),
 		balancer.WithAllow(r.cID, string(C1)),
 		balancer.WithTTL(r.o.TTL, 2*r.o.TTL),
+		balancer.WithDialPolicy(dial),
 		balancer.WithLogger(r.o.Logger))
 	if err != nil {
 		return err

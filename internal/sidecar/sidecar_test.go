@@ -54,11 +54,12 @@ func newHost(t *testing.T, key crypto.PrivKey, listen bool, link ...peer.ID) hos
 }
 
 // newBalancer starts an in-process balancer with identity key that allows
-// backend any protocol.
+// backend any protocol, and outbound streams to peers on loopback (which
+// the default dial policy refuses).
 func newBalancer(t *testing.T, key crypto.PrivKey, backend peer.ID) host.Host {
 	t.Helper()
 	h := newHost(t, key, true, backend)
-	lb, err := balancer.New(h, balancer.WithAllow(backend))
+	lb, err := balancer.New(h, balancer.WithAllow(backend), balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
