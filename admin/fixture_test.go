@@ -71,6 +71,9 @@ func newFixture(t *testing.T, allowed []identity, token string) *fixture {
 	opts := []balancer.Option{
 		balancer.WithTracer(metrics.Tee(mt, events)),
 		balancer.WithLogger(slog.New(slog.DiscardHandler)),
+		// Outbound targets listen on loopback, which the default dial
+		// policy refuses.
+		balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}),
 	}
 	for _, a := range allowed {
 		ids = append(ids, a.id)

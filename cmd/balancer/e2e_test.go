@@ -43,9 +43,11 @@ func TestSeedScenario(t *testing.T) {
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	bKey, bID := proctest.KeyFile(t, dir, "b.key")
 	dKey, dID := proctest.KeyFile(t, dir, "d.key")
+	// E listens on loopback, which the default dial policy refuses for
+	// outbound streams: --dial-loopback, as the README walk-through says.
 	_, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"),
 		"--allow", aID.String()+"=/seed/a1/1.0.0,/seed/a2/1.0.0",
-		"--allow", bID.String()+"=/seed/b*")
+		"--allow", bID.String()+"=/seed/b*", "--dial-loopback")
 	lbID := peerOf(t, lbAddr)
 
 	// E: an ordinary libp2p peer that serves B2 only. It greets, half-closes

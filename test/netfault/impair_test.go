@@ -51,7 +51,9 @@ func testLatencyAndLoss(t *testing.T, tr transport) {
 	const in, out = "/nf/in/1.0.0", "/nf/out/1.0.0"
 	d := startIn(t, n.nsD, remoteBin, "remote-d", false, "--listen", listenAddr(tr, addrD, 4002), "--echo", out)
 	dAddr := strings.TrimPrefix(d.lines(t, 1, 30*time.Second)[0], "addr ")
-	lb := n.serve(t, tr, dir+"/lb.key", "--allow", aID.String())
+	// D is on the namespaces' private network (10.77.1.2), which the
+	// default dial policy refuses for outbound streams.
+	lb := n.serve(t, tr, dir+"/lb.key", "--allow", aID.String(), "--dial-private")
 	echo := n.startEcho(t)
 	side := n.sidecar(t, aKey, lb.addr, "--route", in+"="+echo.addr, "--outbound", "127.0.0.1:0="+dAddr+out)
 	outAddr := side.lines(t, 1, 30*time.Second)[0]

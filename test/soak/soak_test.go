@@ -146,7 +146,10 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 	}
 	opts = append(opts, balancer.WithHandshakeTimeout(2*time.Second),
 		balancer.WithHealth(balancer.Health{}), // no ejection: keep the refusing backend in play
-		balancer.WithTTL(time.Second, time.Minute))
+		balancer.WithTTL(time.Second, time.Minute),
+		// E, the outbound target, listens on loopback, which the default
+		// dial policy refuses.
+		balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}))
 	lb, err := balancer.New(lbHost, opts...)
 	if err != nil {
 		t.Fatal(err)
