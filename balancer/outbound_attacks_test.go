@@ -26,11 +26,11 @@ var loopbackTargets = balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true
 
 // rawOutbound sends one outbound request from h, a scripted backend, and
 // returns the answer and the stream (open after OK).
-func rawOutbound(t testing.TB, h host.Host, lb peer.ID, req *pb.Forward) (*pb.ForwardResponse, network.Stream) {
+func rawOutbound(t testing.TB, h host.Host, lbID peer.ID, req *pb.Forward) (*pb.ForwardResponse, network.Stream) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := h.NewStream(ctx, lb, wire.ForwardID)
+	s, err := h.NewStream(ctx, lbID, wire.ForwardID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,8 +55,8 @@ func TestOutboundControlProtocols(t *testing.T) {
 		t.Run(strings.Join(append([]string{"grant"}, grant...), " "), func(t *testing.T) {
 			a := newIdentity(t)
 			f := newFixture(t, testnet.TCP, nil, balancer.WithAllow(a.id, grant...))
-			lb := f.host.ID()
-			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+			lbID := f.host.ID()
+			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 			testnet.Connect(t, ah, f.host)
 			e := f.newPeer() // connected: no dial, so only the protocol rule is tested
 			var pushed atomic.Int64
@@ -67,7 +67,7 @@ func TestOutboundControlProtocols(t *testing.T) {
 				if len(grant) == 2 && !strings.HasPrefix(p, "/libp2p/") && !strings.HasPrefix(p, "/ipfs/") {
 					continue
 				}
-				resp, _ := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{p}})
+				resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{p}})
 				if resp.Status != pb.Status_PERMISSION_DENIED {
 					t.Errorf("outbound on %s: %v %q, want PERMISSION_DENIED", p, resp.Status, resp.Text)
 				}
@@ -75,7 +75,7 @@ func TestOutboundControlProtocols(t *testing.T) {
 			if pushed.Load() != 0 {
 				t.Fatal("the remote peer received a control protocol stream from the balancer")
 			}
-			resp, s := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/ipfs/ping/1.0.0"}})
+			resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/ipfs/ping/1.0.0"}})
 			if resp.Status != pb.Status_OK {
 				t.Fatalf("outbound ping: %v %q, want OK", resp.Status, resp.Text)
 			}
@@ -95,8 +95,8 @@ func TestBackendToBackendForgery(t *testing.T) {
 		t.Run(map[bool]string{false: "default", true: "backend-to-backend"}[b2b], func(t *testing.T) {
 			a, b := newIdentity(t), newIdentity(t)
 			f := newFixture(t, testnet.TCP, []identity{a, b}, balancer.WithBackendToBackend(b2b))
-			lb := f.host.ID()
-			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+			lbID := f.host.ID()
+			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 			testnet.Connect(t, ah, f.host)
 			var served, direct atomic.Int64
 			forged := make(chan peer.ID, 4)
@@ -108,7 +108,7 @@ func TestBackendToBackendForgery(t *testing.T) {
 			bh.SetStreamHandler("/direct", func(s network.Stream) { direct.Add(1); echo(s) })
 			waitRegistered(t, be, "/svc")
 
-			resp, s := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(b.id), Protocols: []string{string(wire.ForwardID)}})
+			resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(b.id), Protocols: []string{string(wire.ForwardID)}})
 			if resp.Status == pb.Status_OK {
 				// The attack: a Forward naming a peer A made up.
 				victim := newIdentity(t).id
@@ -120,7 +120,7 @@ func TestBackendToBackendForgery(t *testing.T) {
 			if resp.Status != pb.Status_PERMISSION_DENIED {
 				t.Fatalf("outbound to B on the forward protocol: %v %q, want PERMISSION_DENIED", resp.Status, resp.Text)
 			}
-			resp, s = rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(b.id), Protocols: []string{"/direct"}})
+			resp, s = rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(b.id), Protocols: []string{"/direct"}})
 			if !b2b {
 				if resp.Status != pb.Status_PERMISSION_DENIED {
 					t.Fatalf("outbound to a backend: %v %q, want PERMISSION_DENIED", resp.Status, resp.Text)
@@ -170,8 +170,8 @@ func TestDialPolicy(t *testing.T) {
 	t.Run("default refuses", func(t *testing.T) {
 		a := newIdentity(t)
 		f := gatedFixture(t, balancer.DefaultDialPolicy(), []identity{a})
-		lb := f.host.ID()
-		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+		lbID := f.host.ID()
+		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 		testnet.Connect(t, ah, f.host)
 		e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
 		var reached atomic.Int64
@@ -183,7 +183,7 @@ func TestDialPolicy(t *testing.T) {
 		// not tell them apart.
 		var texts []string
 		for _, addr := range []ma.Multiaddr{open, closedPort} {
-			resp, _ := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}, Addrs: [][]byte{addr.Bytes()}})
+			resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}, Addrs: [][]byte{addr.Bytes()}})
 			if resp.Status != pb.Status_DIAL_FAILED {
 				t.Fatalf("outbound to %s: %v %q, want DIAL_FAILED", addr, resp.Status, resp.Text)
 			}
@@ -200,14 +200,14 @@ func TestDialPolicy(t *testing.T) {
 			protos, _ := f.host.Peerstore().GetProtocols(e.ID())
 			return len(protos) > 0
 		}, "identify of E by the balancer")
-		_ = e.Network().ClosePeer(lb)
+		_ = e.Network().ClosePeer(lbID)
 		testnet.Eventually(t, 10*time.Second, func() bool {
 			return f.host.Network().Connectedness(e.ID()) != network.Connected
 		}, "E disconnected")
 		if len(f.host.Peerstore().Addrs(e.ID())) == 0 {
 			t.Fatal("the balancer forgot E's addresses: the test would prove nothing")
 		}
-		resp, _ := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
+		resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
 		if resp.Status != pb.Status_DIAL_FAILED || strings.Contains(resp.Text, "connection refused") {
 			t.Fatalf("outbound to E's learned loopback addresses: %v %q, want DIAL_FAILED by policy", resp.Status, resp.Text)
 		}
@@ -218,12 +218,12 @@ func TestDialPolicy(t *testing.T) {
 	t.Run("loopback opted in", func(t *testing.T) {
 		a := newIdentity(t)
 		f := gatedFixture(t, balancer.DialPolicy{Loopback: true}, []identity{a})
-		lb := f.host.ID()
-		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
+		lbID := f.host.ID()
+		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
 		testnet.Connect(t, ah, f.host)
 		e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
 		e.SetStreamHandler("/e", echo)
-		resp, s := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}, Addrs: [][]byte{e.Addrs()[0].Bytes()}})
+		resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}, Addrs: [][]byte{e.Addrs()[0].Bytes()}})
 		if resp.Status != pb.Status_OK {
 			t.Fatalf("outbound with loopback allowed: %v %q", resp.Status, resp.Text)
 		}
@@ -249,24 +249,24 @@ func closedLoopbackAddr(t *testing.T) ma.Multiaddr {
 func TestDialRate(t *testing.T) {
 	a, b := newIdentity(t), newIdentity(t)
 	f := gatedFixture(t, balancer.DialPolicy{DialsPerSecondPerBackend: 0.1}, []identity{a, b})
-	lb := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lb}})
-	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lb}})
+	lbID := f.host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
+	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lbID}})
 	testnet.Connect(t, ah, f.host)
 	testnet.Connect(t, bh, f.host)
 	unknown := func() []byte { return []byte(newIdentity(t).id) }
-	if resp, _ := rawOutbound(t, ah, lb, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_DIAL_FAILED {
+	if resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_DIAL_FAILED {
 		t.Fatalf("first dial: %v %q, want DIAL_FAILED (no address)", resp.Status, resp.Text)
 	}
-	if resp, _ := rawOutbound(t, ah, lb, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED {
+	if resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED {
 		t.Fatalf("second dial within 10 s: %v %q, want RESOURCE_LIMIT_EXCEEDED", resp.Status, resp.Text)
 	}
-	if resp, _ := rawOutbound(t, bh, lb, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_DIAL_FAILED {
+	if resp, _ := rawOutbound(t, bh, lbID, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_DIAL_FAILED {
 		t.Fatalf("another backend's dial: %v %q, want DIAL_FAILED", resp.Status, resp.Text)
 	}
 	e := f.newPeer()
 	e.SetStreamHandler("/e", echo)
-	resp, s := rawOutbound(t, ah, lb, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
+	resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
 	if resp.Status != pb.Status_OK {
 		t.Fatalf("to a connected peer, over the dial rate: %v %q, want OK", resp.Status, resp.Text)
 	}

@@ -34,7 +34,7 @@ func TestOutboundDialPolicy(t *testing.T) {
 		cfg.Identity = filepath.Join(t.TempDir(), "lb.key")
 		cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
 		cfg.Allow = []daemon.Allow{{Peer: aID.String()}}
-		cfg.Outbound.DialLoopback = loopback
+		cfg.Outbound.Loopback = loopback
 		d, err := daemon.Start(cfg, nil)
 		if err != nil {
 			t.Fatal(err)
