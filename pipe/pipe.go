@@ -12,6 +12,9 @@
 // BenchmarkIdleMemory: about 2.6 KB of heap and a 4 KiB goroutine stack
 // per idle pair, against about 65 KB of heap for io.Copy both ways. See
 // [Join] for the exact rules.
+//
+// A [Group] tracks the pairs (or single streams) of one owner in flight, so
+// that its shutdown can wait for them, refuse new ones and reset the rest.
 package pipe
 
 import (
