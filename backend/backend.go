@@ -16,7 +16,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -24,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
@@ -41,6 +41,11 @@ type Backend struct {
 
 	closeOnce sync.Once
 	draining  atomic.Bool
+	// inflight holds the forward streams in flight, both directions, from
+	// the start of their handshake until their owner closes or resets
+	// them (see stream); Drain waits on it. It is never closed or reset:
+	// Close leaves delivered streams to their owners.
+	inflight pipe.Group
 
 	sessions []*session // one per balancer, fixed at New
 	byPeer   map[peer.ID]*session
@@ -240,32 +245,14 @@ func (b *Backend) Drain(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	var err error
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for b.StreamsInFlight() > 0 && err == nil {
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-tick.C:
-		}
-	}
+	err := b.inflight.Wait(ctx)
 	b.Close()
 	return err
 }
 
 // StreamsInFlight returns the number of forwarded streams, inbound and
-// outbound, open between this backend and its balancers.
-func (b *Backend) StreamsInFlight() int {
-	n := 0
-	for _, s := range b.sessions {
-		for _, c := range s.lanes.conns() {
-			for _, st := range c.GetStreams() {
-				if st.Protocol() == wire.ForwardID {
-					n++
-				}
-			}
-		}
-	}
-	return n
-}
+// outbound, between this backend and its balancers: those in their
+// handshake, and those delivered that their owner has not closed or reset
+// and that have not been reset (their connection closed, or the far end
+// reset them).
+func (b *Backend) StreamsInFlight() int { return b.inflight.Len() }

@@ -9,6 +9,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 )
 
 // ErrNotThroughBalancer is returned by operations that a forwarded stream's
@@ -24,6 +26,55 @@ type stream struct {
 	network.Stream
 	proto protocol.ID
 	conn  *conn
+	// inflight is the Backend's group of streams in flight, where this
+	// one counts, under its embedded Stream, until it is closed or reset.
+	inflight *pipe.Group
+}
+
+func newStream(s network.Stream, proto protocol.ID, local, remote peer.ID, raddr ma.Multiaddr, inflight *pipe.Group) *stream {
+	st := &stream{Stream: s, proto: proto, inflight: inflight}
+	st.conn = &conn{Conn: s.Conn(), local: local, remote: remote, raddr: raddr, own: st}
+	return st
+}
+
+// Close, Reset and ResetWithError end the stream for Drain as they end it
+// for the host, which drops a stream from its connection on each of them.
+func (s *stream) Close() error {
+	err := s.Stream.Close()
+	s.inflight.Remove(s.Stream)
+	return err
+}
+
+func (s *stream) Reset() error {
+	err := s.Stream.Reset()
+	s.inflight.Remove(s.Stream)
+	return err
+}
+
+func (s *stream) ResetWithError(code network.StreamErrorCode) error {
+	err := s.Stream.ResetWithError(code)
+	s.inflight.Remove(s.Stream)
+	return err
+}
+
+// Read and Write end the stream for Drain when it was reset: by the far
+// end, or by the host when its connection closed (the host then resets
+// the streams underneath, past this wrapper). Nothing more can move on
+// it, and a handler that never closes it must not hold Drain up.
+func (s *stream) Read(p []byte) (int, error) {
+	n, err := s.Stream.Read(p)
+	if err != nil && errors.Is(err, network.ErrReset) {
+		s.inflight.Remove(s.Stream)
+	}
+	return n, err
+}
+
+func (s *stream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	if err != nil && errors.Is(err, network.ErrReset) {
+		s.inflight.Remove(s.Stream)
+	}
+	return n, err
 }
 
 func (s *stream) Protocol() protocol.ID         { return s.proto }
@@ -48,10 +99,10 @@ type conn struct {
 	local  peer.ID
 	remote peer.ID
 	raddr  ma.Multiaddr
-	// own is the forward stream itself: closing this "connection" must
-	// end only the remote peer's stream, never the link to the balancer
-	// that every other forwarded stream shares.
-	own network.Stream
+	// own is the forwarded stream: closing this "connection" must end
+	// only the remote peer's stream, never the link to the balancer that
+	// every other forwarded stream shares.
+	own *stream
 }
 
 // Close resets the forwarded stream, which is all of the remote peer's

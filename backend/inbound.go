@@ -25,6 +25,17 @@ func (b *Backend) handleForward(s network.Stream) {
 		s.Reset()
 		return
 	}
+	// Counted from here, before the draining check below, so that Drain
+	// either waits for this stream or sees it refused. The group is never
+	// closed, so Add always succeeds. The stream's wrapper takes the count
+	// over once a handler has it.
+	b.inflight.Add(s, nil)
+	delivered := false
+	defer func() {
+		if !delivered {
+			b.inflight.Remove(s)
+		}
+	}()
 	if err := s.Scope().SetService(wire.ServiceName); err != nil {
 		s.ResetWithError(network.StreamResourceLimitExceeded)
 		return
@@ -46,8 +57,7 @@ func (b *Backend) handleForward(s network.Stream) {
 		// An offer the balancer chose before it saw the release: refused, so
 		// it goes to another backend, rather than accepted just as Drain
 		// decides that nothing is in flight. (Streams that got this far are
-		// already counted by StreamsInFlight: the host set their protocol
-		// before calling this handler.)
+		// already counted in b.inflight, above.)
 		serr = wire.Errorf(pb.Status_REJECTED, "backend is draining")
 	}
 	if serr == nil {
@@ -70,14 +80,12 @@ func (b *Backend) handleForward(s network.Stream) {
 		// The handler still runs, on a dead stream, so that what its
 		// acceptor acquired (a connection to a service) is released.
 		s.Reset()
+	} else {
+		delivered = true
 	}
 	_ = s.SetDeadline(time.Time{})
 	sess.lanes.check()
-	handler(&stream{
-		Stream: s,
-		proto:  proto,
-		conn:   &conn{Conn: s.Conn(), local: balancerID, remote: remote, raddr: raddr, own: s},
-	})
+	handler(newStream(s, proto, balancerID, remote, raddr, &b.inflight))
 }
 
 // parseInbound validates an inbound Forward message.

@@ -88,8 +88,12 @@ func (s *session) open(ctx context.Context, p peer.ID, pids []protocol.ID) (netw
 	if err != nil {
 		return nil, fmt.Errorf("backend: opening forward stream to balancer %s: %w", s.ai.ID, err)
 	}
+	// In flight from its opening, as a forwarded stream is from its
+	// handshake; the returned stream's wrapper takes the count over.
+	b.inflight.Add(fs, nil)
 	if err := fs.Scope().SetService(wire.ServiceName); err != nil {
 		fs.ResetWithError(network.StreamResourceLimitExceeded)
+		b.inflight.Remove(fs)
 		return nil, err
 	}
 	// The context bounds the handshake; once it is over, the stream is the
@@ -108,20 +112,19 @@ func (s *session) open(ctx context.Context, p peer.ID, pids []protocol.ID) (netw
 		err = wire.NewReader(fs).ReadMsg(&resp)
 	}
 	if !stop() {
+		b.inflight.Remove(fs)
 		return nil, fmt.Errorf("backend: outbound handshake: %w", ctx.Err())
 	}
 	if err != nil {
 		fs.Reset()
+		b.inflight.Remove(fs)
 		return nil, fmt.Errorf("backend: outbound handshake: %w", err)
 	}
 	if resp.GetStatus() != pb.Status_OK {
 		fs.Close()
+		b.inflight.Remove(fs)
 		return nil, &wire.StatusError{Status: resp.GetStatus(), Text: resp.GetText()}
 	}
 	s.lanes.check()
-	return &stream{
-		Stream: fs,
-		proto:  protocol.ID(resp.GetProtocol()),
-		conn:   &conn{Conn: fs.Conn(), local: s.ai.ID, remote: p, own: fs},
-	}, nil
+	return newStream(fs, protocol.ID(resp.GetProtocol()), s.ai.ID, p, nil, &b.inflight), nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/link"
+	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
@@ -39,8 +40,9 @@ type Balancer struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	// active counts forwarded streams in flight; Shutdown waits for it.
-	active activeSet
+	// active holds the forwarded streams in flight: Shutdown waits for
+	// them, Close refuses new ones and resets them.
+	active pipe.Group
 	// opener spreads forward streams over a backend's connections.
 	opener link.Opener
 	// admission enforces the balancer-wide and per-remote-peer limits.
@@ -91,7 +93,6 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 		pools:        map[protocol.ID]*pool{},
 		installed:    map[protocol.ID]bool{},
 	}
-	b.active.init()
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
@@ -117,7 +118,10 @@ func (b *Balancer) Close() error {
 	err := net.ErrClosed
 	b.closeOnce.Do(func() {
 		b.stopAccepting()
-		b.active.resetAll()
+		// Close the group before resetting it: a handshake that completes
+		// from here on is refused and reset by carry, not carried on.
+		b.active.Close()
+		b.active.ResetAll()
 		b.cancel()
 		b.wg.Wait()
 		err = nil
@@ -130,7 +134,7 @@ func (b *Balancer) Close() error {
 // Close does. It returns ctx's error when streams had to be cut.
 func (b *Balancer) Shutdown(ctx context.Context) error {
 	b.stopAccepting()
-	err := b.active.wait(ctx)
+	err := b.active.Wait(ctx)
 	if cerr := b.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 		return cerr
 	}
@@ -139,7 +143,7 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 
 // ActiveStreams returns the number of forwarded streams in flight, both
 // directions.
-func (b *Balancer) ActiveStreams() int { return b.active.len() }
+func (b *Balancer) ActiveStreams() int { return b.active.Len() }
 
 func (b *Balancer) stopAccepting() {
 	b.mu.Lock()

@@ -111,8 +111,6 @@ func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, err
 // so that the handler's goroutine, whose stack grew during the handshake,
 // ends (see pipe.Start).
 func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, remote, backendSide network.Stream, release func()) {
-	p := &pair{a: remote, b: backendSide}
-	b.active.add(p)
 	be.active.Add(1)
 	tr := b.cfg.tracer
 	cfg := &pipe.Config{
@@ -127,10 +125,11 @@ func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, rem
 			tr.BytesForwarded(dir, toBackend, n)
 		},
 	}
-	pipe.Start(remote, backendSide, cfg, func(res pipe.Result) {
+	// After Close the group resets both streams and reports ErrClosed
+	// here at once, so the counters and limits are released the same way.
+	b.active.Start(remote, backendSide, cfg, func(res pipe.Result) {
 		tr.StreamEnded(dir, proto, be.id, res.AToB, res.BToA, res.Err == nil)
 		be.active.Add(-1)
-		b.active.remove(p)
 		release()
 	})
 }

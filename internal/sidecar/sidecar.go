@@ -22,10 +22,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -87,7 +85,9 @@ type Sidecar struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // accept loops and the status watcher
 
-	active bridges
+	// active holds the streams being bridged: Shutdown waits for them,
+	// stopAccepting refuses new ones, Close resets them.
+	active pipe.Group
 
 	closeOnce sync.Once
 }
@@ -116,7 +116,6 @@ func Start(cfg Config) (*Sidecar, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel}
-	s.active.init()
 
 	// Outbound listeners first: a port in use is a configuration error
 	// that should stop us before anything registers.
@@ -209,16 +208,16 @@ func (s *Sidecar) Status() []backend.Status {
 }
 
 // ActiveStreams returns the number of streams being bridged.
-func (s *Sidecar) ActiveStreams() int { return s.active.len() }
+func (s *Sidecar) ActiveStreams() int { return s.active.Len() }
 
 // Shutdown stops accepting outbound connections, releases every route so
 // that the balancers send no new stream, waits until the streams being
 // bridged end or ctx is done, then closes everything. It returns ctx's error
 // when streams had to be cut.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
-	active := s.active.len()
+	active := s.active.Len()
 	s.stopAccepting()
-	err := s.active.wait(ctx)
+	err := s.active.Wait(ctx)
 	if err == nil && active > 0 {
 		node.WaitFlush(ctx)
 	}
@@ -232,7 +231,7 @@ func (s *Sidecar) Close() error {
 	err := net.ErrClosed
 	s.closeOnce.Do(func() {
 		s.stopAccepting()
-		s.active.resetAll()
+		s.active.ResetAll()
 		s.cancel()
 		s.wg.Wait()
 		for _, bh := range s.hosts {
@@ -247,7 +246,7 @@ func (s *Sidecar) stopAccepting() {
 	for _, l := range s.listeners {
 		l.Close()
 	}
-	s.active.close()
+	s.active.Close()
 	var wg sync.WaitGroup
 	for _, bh := range s.hosts {
 		wg.Add(1)
@@ -413,15 +412,11 @@ func (s *Sidecar) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID)
 // bridge joins a libp2p stream and a TCP connection until both directions
 // end, unless the sidecar is closing.
 func (s *Sidecar) bridge(log *slog.Logger, str network.Stream, c tcpStream) {
-	b := &bridgePair{str: str, tcp: c}
-	if !s.active.add(b) {
-		str.Reset()
-		c.Reset()
-		return
-	}
-	defer s.active.remove(b)
 	start := time.Now()
-	res := pipe.Join(str, c, nil)
+	res := s.active.Join(str, c, nil)
+	if errors.Is(res.Err, pipe.ErrClosed) {
+		return // the sidecar is closing; both ends were reset
+	}
 	if res.Err != nil {
 		log.Debug("stream ended with an error", "in", res.BToA, "out", res.AToB, "duration", time.Since(start), "err", res.Err)
 		return
@@ -476,78 +471,4 @@ type tcpStream struct{ *net.TCPConn }
 func (c tcpStream) Reset() error {
 	_ = c.SetLinger(0)
 	return c.Close()
-}
-
-// bridgePair is a stream being bridged, for Close to reset.
-type bridgePair struct {
-	str network.Stream
-	tcp tcpStream
-}
-
-// bridges counts the streams being bridged, for Shutdown to wait on.
-type bridges struct {
-	mu      sync.Mutex
-	closed  bool
-	set     map[*bridgePair]struct{}
-	changed chan struct{}
-}
-
-func (b *bridges) init() {
-	b.set = map[*bridgePair]struct{}{}
-	b.changed = make(chan struct{}, 1)
-}
-
-// add tracks p, unless the sidecar is closing.
-func (b *bridges) add(p *bridgePair) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return false
-	}
-	b.set[p] = struct{}{}
-	return true
-}
-
-func (b *bridges) remove(p *bridgePair) {
-	b.mu.Lock()
-	delete(b.set, p)
-	b.mu.Unlock()
-	select {
-	case b.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (b *bridges) len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.set)
-}
-
-func (b *bridges) close() {
-	b.mu.Lock()
-	b.closed = true
-	b.mu.Unlock()
-}
-
-// wait returns when no stream is left or ctx is done.
-func (b *bridges) wait(ctx context.Context) error {
-	for b.len() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-b.changed:
-		}
-	}
-	return nil
-}
-
-func (b *bridges) resetAll() {
-	b.mu.Lock()
-	pairs := slices.Collect(maps.Keys(b.set))
-	b.mu.Unlock()
-	for _, p := range pairs {
-		p.str.Reset()
-		p.tcp.Reset()
-	}
 }
