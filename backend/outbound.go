@@ -28,8 +28,22 @@ const outboundTimeout = 30 * time.Second
 // order given to New, connected ones first; the next one is tried only when
 // one could not be reached or could not dial p.
 func (b *Backend) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	return NewStreamThrough(ctx, []*Backend{b}, p, pids...)
+}
+
+// NewStreamThrough opens a stream to peer p as Backend.NewStream does, with
+// the balancers of several Backends: those of backends[0] first (connected
+// ones first, then in the order given to New), then those of backends[1],
+// and so on. It is for a program that runs one Backend per instance of a
+// balancer scaled out, as the `balancer backend` sidecar does. The next
+// balancer is tried only when one could not be reached or could not dial p;
+// any other refusal would be the same everywhere and is returned at once.
+func NewStreamThrough(ctx context.Context, backends []*Backend, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	if len(pids) == 0 {
 		return nil, errors.New("backend: NewStream needs at least one protocol")
+	}
+	if len(backends) == 0 {
+		return nil, errors.New("backend: NewStreamThrough needs at least one Backend")
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -37,27 +51,30 @@ func (b *Backend) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID)
 		defer cancel()
 	}
 	var lastErr error
-	for _, s := range b.orderedSessions() {
-		str, err := s.open(ctx, p, pids)
-		if err == nil {
-			return str, nil
-		}
-		lastErr = err
-		if !TryAnother(err) {
-			return nil, err
-		}
-		if ctx.Err() != nil {
-			break
+	for _, b := range backends {
+		// Ordered when its turn comes, so that connectedness is fresh.
+		for _, s := range b.orderedSessions() {
+			str, err := s.open(ctx, p, pids)
+			if err == nil {
+				return str, nil
+			}
+			lastErr = err
+			if !tryAnother(err) {
+				return nil, err
+			}
+			if ctx.Err() != nil {
+				return nil, lastErr
+			}
 		}
 	}
 	return nil, lastErr
 }
 
-// TryAnother reports whether an outbound failure through one balancer is
+// tryAnother reports whether an outbound failure through one balancer is
 // worth trying through another: that balancer could not be reached, or it
 // could not reach the target (DIAL_FAILED). Any other refusal would be the
 // same everywhere.
-func TryAnother(err error) bool {
+func tryAnother(err error) bool {
 	var se *wire.StatusError
 	return !errors.As(err, &se) || se.Status == pb.Status_DIAL_FAILED
 }
@@ -91,11 +108,6 @@ func (s *session) open(ctx context.Context, p peer.ID, pids []protocol.ID) (netw
 	// In flight from its opening, as a forwarded stream is from its
 	// handshake; the returned stream's wrapper takes the count over.
 	b.inflight.Add(fs, nil)
-	if err := fs.Scope().SetService(wire.ServiceName); err != nil {
-		fs.ResetWithError(network.StreamResourceLimitExceeded)
-		b.inflight.Remove(fs)
-		return nil, err
-	}
 	// The context bounds the handshake; once it is over, the stream is the
 	// caller's and the context no longer matters.
 	stop := context.AfterFunc(ctx, func() { fs.Reset() })
@@ -106,25 +118,19 @@ func (s *session) open(ctx context.Context, p peer.ID, pids []protocol.ID) (netw
 	for _, a := range b.h.Peerstore().Addrs(p) {
 		req.Addrs = append(req.Addrs, a.Bytes())
 	}
-	var resp pb.ForwardResponse
-	err = wire.WriteMsg(fs, req)
-	if err == nil {
-		err = wire.NewReader(fs).ReadMsg(&resp)
-	}
+	proto, err := wire.SendForward(fs, req, time.Time{})
 	if !stop() {
 		b.inflight.Remove(fs)
 		return nil, fmt.Errorf("backend: outbound handshake: %w", ctx.Err())
 	}
 	if err != nil {
-		fs.Reset()
 		b.inflight.Remove(fs)
+		var se *wire.StatusError
+		if errors.As(err, &se) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("backend: outbound handshake: %w", err)
 	}
-	if resp.GetStatus() != pb.Status_OK {
-		fs.Close()
-		b.inflight.Remove(fs)
-		return nil, &wire.StatusError{Status: resp.GetStatus(), Text: resp.GetText()}
-	}
 	s.lanes.check()
-	return newStream(fs, protocol.ID(resp.GetProtocol()), s.ai.ID, p, nil, &b.inflight), nil
+	return newStream(fs, proto, s.ai.ID, p, nil, &b.inflight), nil
 }

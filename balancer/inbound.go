@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -74,6 +73,10 @@ func (b *Balancer) handleInbound(s network.Stream) {
 // offer opens a forward stream to backend be and runs the inbound handshake
 // on it, bounded by the handshake timeout. It returns the stream once the
 // backend has answered OK.
+//
+// Only the deadline bounds the handshake, not Close: a handshake that
+// completes after Close is refused by the closed group in carry, which
+// resets both streams.
 func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.handshakeTimeout)
 	defer cancel()
@@ -81,26 +84,10 @@ func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, err
 	if err != nil {
 		return nil, err
 	}
-	if err := bs.Scope().SetService(wire.ServiceName); err != nil {
-		bs.ResetWithError(network.StreamResourceLimitExceeded)
-		return nil, err
-	}
 	deadline, _ := ctx.Deadline()
-	_ = bs.SetDeadline(deadline)
-	if err := wire.WriteMsg(bs, fwd); err != nil {
-		bs.Reset()
+	if _, err := wire.SendForward(bs, fwd, deadline); err != nil {
 		return nil, err
 	}
-	var resp pb.ForwardResponse
-	if err := wire.NewReader(bs).ReadMsg(&resp); err != nil {
-		bs.Reset()
-		return nil, fmt.Errorf("reading the backend's answer: %w", err)
-	}
-	if resp.GetStatus() != pb.Status_OK {
-		bs.Close()
-		return nil, &wire.StatusError{Status: resp.GetStatus(), Text: resp.GetText()}
-	}
-	_ = bs.SetDeadline(time.Time{})
 	return bs, nil
 }
 

@@ -69,9 +69,6 @@ type Config struct {
 // DefaultDialTimeout is Config.DialTimeout's default.
 const DefaultDialTimeout = 5 * time.Second
 
-// outboundTimeout bounds opening an outbound stream through the balancers.
-const outboundTimeout = 30 * time.Second
-
 // Sidecar is a running sidecar. Create it with Start and stop it with
 // Shutdown or Close.
 type Sidecar struct {
@@ -377,9 +374,8 @@ func (s *Sidecar) accept(l net.Listener, o Outbound) {
 // outbound opens a stream for an accepted connection and bridges the two.
 func (s *Sidecar) outbound(c tcpStream, o Outbound) {
 	log := s.log.With("peer", o.Peer, "from", c.RemoteAddr())
-	ctx, cancel := context.WithTimeout(s.ctx, outboundTimeout)
-	str, err := s.NewStream(ctx, o.Peer, o.Protocols...)
-	cancel()
+	// NewStream bounds this by the backend package's outbound timeout.
+	str, err := s.NewStream(s.ctx, o.Peer, o.Protocols...)
 	if err != nil {
 		log.Warn("outbound stream failed; connection reset", "protocols", o.Protocols, "err", err)
 		c.Reset()
@@ -390,23 +386,14 @@ func (s *Sidecar) outbound(c tcpStream, o Outbound) {
 
 // NewStream opens a stream to p through the balancers, on the first of
 // pids p accepts. The balancer instances are tried in turn while they
-// cannot be reached or cannot reach p; any other refusal is final.
+// cannot be reached or cannot reach p; any other refusal is final (see
+// backend.NewStreamThrough).
 func (s *Sidecar) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
-	var lastErr error
-	for _, bh := range s.hosts {
-		str, err := bh.be.NewStream(ctx, p, pids...)
-		if err == nil {
-			return str, nil
-		}
-		lastErr = err
-		if !backend.TryAnother(err) {
-			return nil, err
-		}
-		if ctx.Err() != nil {
-			break
-		}
+	bs := make([]*backend.Backend, len(s.hosts))
+	for i, bh := range s.hosts {
+		bs[i] = bh.be
 	}
-	return nil, lastErr
+	return backend.NewStreamThrough(ctx, bs, p, pids...)
 }
 
 // bridge joins a libp2p stream and a TCP connection until both directions
