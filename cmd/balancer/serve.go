@@ -23,7 +23,12 @@ own peer ID.
 On start it prints each address to reach it on, one per line, each a full
 multiaddr ending in /p2p/<peer ID>; logs go to standard error. SIGINT or
 SIGTERM stops accepting new streams, lets streams in flight finish for up to
---drain-timeout, and exits 0 (a second signal cuts the wait short).
+--drain-timeout, and exits 0 (a second signal cuts the wait short). SIGHUP
+reads the --tls-cert and --tls-key files again, for a renewed certificate.
+
+Browsers reach the balancer on /ws, /tls/ws (which needs --tls-cert and
+--tls-key), /quic-v1/webtransport and /webrtc-direct addresses; see
+docs/deploy.md.
 
 Settings come from --config (YAML; see balancer.example.yaml), then from the
 flags given, which override the file; a repeatable flag replaces the file's
@@ -75,6 +80,10 @@ func serveFlags(fs *flag.FlagSet, c *daemon.Config) *allowFlag {
 	fs.BoolVar(&c.Outbound.Loopback, "dial-loopback", c.Outbound.Loopback, "let backends' outbound streams reach peers on loopback addresses\n(off: public addresses only; link-local and metadata never)")
 	fs.BoolVar(&c.Outbound.Private, "dial-private", c.Outbound.Private, "let backends' outbound streams reach peers on private addresses\n(10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)")
 	fs.BoolVar(&c.Outbound.BackendToBackend, "backend-to-backend", c.Outbound.BackendToBackend, "let a backend open outbound streams to another allowed backend")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `FILE` of the certificate chain (leaf first) that /tls/ws listeners serve;\nSIGHUP reads it again")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `FILE` of the private key of --tls-cert")
+	fs.IntVar(&c.ConnsPerIP, "conns-per-ip", c.ConnsPerIP, "connections one IPv4 address (IPv6 /56) may hold open at once")
+	fs.Var(newList(&c.ProxyNetworks), "proxy-network", "`CIDR` or IP of a reverse proxy in front of the balancer, exempt from\nthe per-IP connection limits (repeatable)")
 	return allow
 }
 
@@ -161,6 +170,9 @@ func serve(cfg daemon.Config) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 
 	d, err := daemon.Start(cfg, log)
 	if err != nil {
@@ -169,7 +181,16 @@ func serve(cfg daemon.Config) int {
 	for _, a := range d.Addrs() {
 		fmt.Println(a)
 	}
-	sig := <-sigs
+	var sig os.Signal
+	for sig == nil {
+		select {
+		case sig = <-sigs:
+		case <-hups:
+			if err := d.ReloadCertificate(); err != nil {
+				log.Error("TLS certificate not reloaded; serving the previous one", "err", err)
+			}
+		}
+	}
 	log.Info("signal received; draining", "signal", sig, "drain_timeout", cfg.DrainTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()

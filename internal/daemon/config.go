@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
@@ -73,6 +74,20 @@ type Config struct {
 	// Outbound says where backends' outbound streams may make the
 	// balancer dial, and to whom; see Outbound.
 	Outbound Outbound `yaml:"outbound"`
+	// TLSCert and TLSKey are the PEM files of the certificate (the chain,
+	// leaf first) and private key that the secure WebSocket listeners
+	// (/tls/ws) serve; both or neither. SIGHUP reads them again. In a
+	// file, relative paths are taken from the file's directory.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// ConnsPerIP bounds the connections open at once from one IPv4
+	// address or IPv6 /56; a burst of new ones is twice as many.
+	ConnsPerIP int `yaml:"conns_per_ip"`
+	// ProxyNetworks lists the addresses or CIDR prefixes of reverse
+	// proxies (nginx, Caddy) in front of the balancer, which bring every
+	// browser from their own address: they are exempt from the per-IP
+	// connection limits.
+	ProxyNetworks []string `yaml:"proxy_networks"`
 }
 
 // Pool sets the policy of the pools of protocols matching Protocol: an exact
@@ -128,6 +143,7 @@ func DefaultConfig() Config {
 		Limits:           balancer.DefaultLimits(),
 		Health:           balancer.DefaultHealth(),
 		Outbound:         DefaultOutbound(),
+		ConnsPerIP:       node.DefaultConnsPerIP,
 	}
 }
 
@@ -204,12 +220,14 @@ func LoadFile(path string, cfg *Config) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	before := cfg.Identity
+	before := []string{cfg.Identity, cfg.TLSCert, cfg.TLSKey}
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("config file %s: %s", path, oneLine(err.Error()))
 	}
-	if cfg.Identity != before && cfg.Identity != "" && !filepath.IsAbs(cfg.Identity) {
-		cfg.Identity = filepath.Join(filepath.Dir(path), cfg.Identity)
+	for i, p := range []*string{&cfg.Identity, &cfg.TLSCert, &cfg.TLSKey} {
+		if *p != before[i] && *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/certfile"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
@@ -36,7 +38,8 @@ type Daemon struct {
 	host  host.Host
 	lb    *balancer.Balancer
 	addrs []ma.Multiaddr
-	admin *admin.Server // nil when off
+	admin *admin.Server  // nil when off
+	tls   *certfile.Pair // nil without a certificate
 
 	closeOnce sync.Once
 }
@@ -71,10 +74,16 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("identity file %s: %w", cfg.Identity, err)
 	}
 	hostOpts := append(metrics.Libp2pOptions(reg), cfg.Outbound.hostOptions()...)
-	d, err := listen(cfg, log, node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: hostOpts}, opts)
+	nc := node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: hostOpts,
+		ConnsPerIP: cfg.ConnsPerIP, ProxyNetworks: p.proxies}
+	if p.tls != nil {
+		nc.TLS = p.tls.TLSConfig()
+	}
+	d, err := listen(cfg, log, nc, opts)
 	if err != nil {
 		return nil, err
 	}
+	d.tls = p.tls
 	if cfg.AdminEnabled() {
 		d.admin = &admin.Server{Addr: cfg.Admin, Public: cfg.AdminPublic, Log: log,
 			Handler: &admin.Handler{Balancer: d.lb, Host: d.host, Gatherer: reg, Events: events, Token: p.adminToken, Log: log}}
@@ -89,7 +98,25 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		log.Info("created a new identity", "file", cfg.Identity, "peer", id)
 	}
 	d.logStarted(len(p.backends))
+	if p.tls != nil {
+		log.Info("serving a TLS certificate", "cert", cfg.TLSCert, "subject", p.tls.Leaf().Subject.String(), "not_after", p.tls.NotAfter())
+	}
 	return d, nil
+}
+
+// ReloadCertificate reads the TLS certificate and key files again (after a
+// renewal): new secure WebSocket connections get the new pair, and no
+// listener or connection is closed. On error the pair in use stays. With no
+// certificate configured it does nothing.
+func (d *Daemon) ReloadCertificate() error {
+	if d.tls == nil {
+		return nil
+	}
+	if err := d.tls.Reload(); err != nil {
+		return err
+	}
+	d.log.Info("TLS certificate reloaded", "cert", d.cfg.TLSCert, "subject", d.tls.Leaf().Subject.String(), "not_after", d.tls.NotAfter())
+	return nil
 }
 
 // listen starts the host and the balancer on it, and resolves the
@@ -152,6 +179,8 @@ type plan struct {
 	backends   []peer.ID
 	opts       []balancer.Option // without the tracer and logger
 	adminToken string
+	tls        *certfile.Pair // nil without tls_cert
+	proxies    []netip.Prefix
 }
 
 // plan checks the daemon's own settings here and leaves the balancer's to
@@ -191,6 +220,34 @@ func (c *Config) plan() (*plan, error) {
 	}
 	if c.Identity == "" {
 		return nil, errors.New("identity: no key file given")
+	}
+	if c.ConnsPerIP < 0 {
+		return nil, fmt.Errorf("conns-per-ip %d: must not be negative (0 keeps go-libp2p's default, %d)", c.ConnsPerIP, node.DefaultConnsPerIP)
+	}
+	for _, s := range c.ProxyNetworks {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("proxy-network %q: want an IP address or a CIDR prefix such as 10.0.0.5/32", s)
+			}
+			pr = netip.PrefixFrom(a, a.BitLen())
+		}
+		p.proxies = append(p.proxies, pr)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return nil, errors.New("tls-cert and tls-key: give both files, or neither")
+	}
+	if c.TLSCert != "" {
+		if p.tls, err = certfile.Load(c.TLSCert, c.TLSKey); err != nil {
+			return nil, err
+		}
+	} else {
+		for _, a := range p.listen {
+			if node.IsSecureWebSocket(a) {
+				return nil, fmt.Errorf("listen %s: a secure WebSocket address needs a certificate: set tls-cert and tls-key (PEM files)", a)
+			}
+		}
 	}
 	return p, nil
 }

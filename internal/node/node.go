@@ -134,6 +134,10 @@ func IsSecureWebSocket(a ma.Multiaddr) bool {
 	return false
 }
 
+// DefaultConnsPerIP is go-libp2p's limit of connections open at once from
+// one IPv4 address or IPv6 /56.
+const DefaultConnsPerIP = 8
+
 // Per-IP limits on new connections (rate) and open ones (count). go-libp2p
 // v0.51.0 allows 8 connections at once per IPv4 address and per IPv6 /56,
 // 64 per /48, and a burst of 16 new connections per address (/56), 80 per
@@ -141,9 +145,8 @@ func IsSecureWebSocket(a ma.Multiaddr) bool {
 // conn_limiter.go and conn_rate_limiter.go. Its rate defaults are not
 // exported, so they are written again here, scaled with ConnsPerIP.
 const (
-	defaultConnsPerIP = 8
-	connRatePerIP     = 0.2
-	connRatePer48     = 0.5
+	connRatePerIP = 0.2
+	connRatePer48 = 0.5
 )
 
 // NewResourceManager builds the resource manager New gives its host:
@@ -156,7 +159,7 @@ func NewResourceManager(cfg Config) (network.ResourceManager, error) {
 	var opts []rcmgr.Option
 	n := cfg.ConnsPerIP
 	if n < 0 {
-		return nil, fmt.Errorf("connections per IP %d: want 0 (the default, %d) or more", n, defaultConnsPerIP)
+		return nil, fmt.Errorf("connections per IP %d: want 0 (the default, %d) or more", n, DefaultConnsPerIP)
 	}
 	if n > 0 {
 		opts = append(opts, rcmgr.WithLimitPerSubnet(
@@ -166,7 +169,7 @@ func NewResourceManager(cfg Config) (network.ResourceManager, error) {
 	}
 	if n > 0 || len(cfg.ProxyNetworks) > 0 {
 		if n == 0 {
-			n = defaultConnsPerIP
+			n = DefaultConnsPerIP
 		}
 		v4 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV4...)
 		v6 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV6...)
