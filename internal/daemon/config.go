@@ -88,6 +88,9 @@ type Config struct {
 	// browser from their own address: they are exempt from the per-IP
 	// connection limits.
 	ProxyNetworks []string `yaml:"proxy_networks"`
+	// Host limits: the keys resource_manager, connection_manager and
+	// backend_networks (see node.Limits).
+	Host node.Limits `yaml:",inline"`
 }
 
 // Pool sets the policy of the pools of protocols matching Protocol: an exact

@@ -75,7 +75,7 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	hostOpts := append(metrics.Libp2pOptions(reg), cfg.Outbound.hostOptions()...)
 	nc := node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: hostOpts,
-		ConnsPerIP: cfg.ConnsPerIP, ProxyNetworks: p.proxies}
+		ConnsPerIP: cfg.ConnsPerIP, ProxyNetworks: p.proxies, Limits: cfg.Host, Log: log, Registerer: reg}
 	if p.tls != nil {
 		nc.TLS = p.tls.TLSConfig()
 	}
@@ -101,6 +101,7 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if p.tls != nil {
 		log.Info("serving a TLS certificate", "cert", cfg.TLSCert, "subject", p.tls.Leaf().Subject.String(), "not_after", p.tls.NotAfter())
 	}
+	d.logCapacity(p.backends)
 	return d, nil
 }
 
@@ -117,6 +118,15 @@ func (d *Daemon) ReloadCertificate() error {
 	}
 	d.log.Info("TLS certificate reloaded", "cert", d.cfg.TLSCert, "subject", d.tls.Leaf().Subject.String(), "not_after", d.tls.NotAfter())
 	return nil
+}
+
+// logCapacity says what the limits in force let through, so that an
+// operator knows the figures before a refusal tells them.
+func (d *Daemon) logCapacity(backends []peer.ID) {
+	c := node.CapacityOf(d.cfg.Host.Concrete(backends...))
+	d.log.Info("limits in force", "peers", c.Peers, "streams_per_peer", c.PeerStreams,
+		"forwarded_streams_tcp", c.Streams, "forwarded_streams_quic", c.StreamsQUIC,
+		"memory_mib", c.Memory>>20, "see", "docs/spec.md Limits; resource_manager in the configuration")
 }
 
 // listen starts the host and the balancer on it, and resolves the
@@ -217,6 +227,9 @@ func (c *Config) plan() (*plan, error) {
 		if err := admin.CheckBind(c.Admin, c.AdminPublic, p.adminToken); err != nil {
 			return nil, fmt.Errorf("admin %s: %w", c.Admin, err)
 		}
+	}
+	if err := c.Host.Check(); err != nil {
+		return nil, err
 	}
 	if c.Identity == "" {
 		return nil, errors.New("identity: no key file given")

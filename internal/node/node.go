@@ -1,7 +1,9 @@
 // Package node builds the go-libp2p hosts that the balancer's commands run:
-// go-libp2p's default transports, security and muxers, the resource manager
-// limits of the balancer protocol raised for the peers on the other side of
-// a balancer–backend link (wire.AddLimits), a certificate for secure
+// go-libp2p's default transports, security and muxers, resource and
+// connection limits sized for a balancer (wire.Limits, with the peers on the
+// other side of a balancer–backend link raised, and what the operator set
+// over them: Limits) whose every refusal is counted and logged, a
+// certificate for secure
 // WebSockets, per-IP connection limits that a reverse proxy can be exempted
 // from, and listen addresses opened one at a time so that a failure names
 // the address that failed.
@@ -12,6 +14,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/netip"
 	"sort"
@@ -31,8 +34,7 @@ import (
 	webtransport "github.com/libp2p/go-libp2p/p2p/transport/webtransport"
 	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
-
-	"github.com/libp2p-balancer/libp2p-balancer/wire"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config describes a host to build.
@@ -61,6 +63,14 @@ type Config struct {
 	// from their own address. The resource manager's overall connection
 	// limits still apply.
 	ProxyNetworks []netip.Prefix
+	// Limits are the operator's changes to the limits; the zero value
+	// keeps the defaults.
+	Limits Limits
+	// Log receives the refusals by a limit, summed up; nil logs nothing.
+	Log *slog.Logger
+	// Registerer, when set, gets the refusal counter
+	// (libp2p_balancer_resource_refusals_total).
+	Registerer prometheus.Registerer
 	// Options are extra go-libp2p options, applied last.
 	Options []libp2p.Option
 }
@@ -83,9 +93,17 @@ func New(cfg Config) (host.Host, error) {
 			}
 		}
 	}
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, err
+	}
 	rm, err := NewResourceManager(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
+	}
+	cm, err := cfg.Limits.connManager(cfg.Limits.Concrete(cfg.LinkPeers...))
+	if err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("connection_manager: %w", err)
 	}
 	var wsOpts []any
 	if cfg.TLS != nil {
@@ -94,6 +112,7 @@ func New(cfg Config) (host.Host, error) {
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
 		libp2p.DisableRelay(),
 		libp2p.NoListenAddrs,
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
@@ -106,6 +125,7 @@ func New(cfg Config) (host.Host, error) {
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		rm.Close()
+		cm.Close()
 		return nil, err
 	}
 	for _, a := range cfg.Listen {
@@ -149,62 +169,97 @@ const (
 	connRatePer48 = 0.5
 )
 
-// NewResourceManager builds the resource manager New gives its host:
-// go-libp2p's default limits scaled to the machine, the balancer
-// protocol's limits raised for cfg.LinkPeers, and the per-IP connection
-// limits of cfg.ConnsPerIP and cfg.ProxyNetworks.
+// NewResourceManager builds the resource manager New gives its host: the
+// limits of cfg.Limits (wire.Limits scaled to the machine, with the raised
+// limits of cfg.LinkPeers, and what the operator set over them), the per-IP
+// connection limits of cfg.ConnsPerIP with cfg.ProxyNetworks and
+// cfg.Limits.BackendNetworks exempt from them, the link peers allowlisted
+// from any address (so that remote peers filling the system's connection
+// limits cannot lock a reconnecting backend out: go-libp2p then admits an
+// allowlisted peer in its allowlisted scopes), and every refusal counted
+// and logged (cfg.Registerer, cfg.Log).
 func NewResourceManager(cfg Config) (network.ResourceManager, error) {
-	limits := rcmgr.DefaultLimits
-	wire.AddLimits(&limits, cfg.LinkPeers...)
-	var opts []rcmgr.Option
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, err
+	}
 	n := cfg.ConnsPerIP
 	if n < 0 {
 		return nil, fmt.Errorf("connections per IP %d: want 0 (the default, %d) or more", n, DefaultConnsPerIP)
 	}
+	backends, err := cfg.Limits.networks()
+	if err != nil {
+		return nil, err
+	}
+	var opts []rcmgr.Option
 	if n > 0 {
 		opts = append(opts, rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: n}},
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}},
 		))
+	} else {
+		n = DefaultConnsPerIP
 	}
-	if n > 0 || len(cfg.ProxyNetworks) > 0 {
-		if n == 0 {
-			n = DefaultConnsPerIP
+	v4 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV4...)
+	v6 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV6...)
+	// Loopback is exempt from the rate as from the count.
+	prefixRates := []rate.PrefixLimit{
+		{Prefix: netip.MustParsePrefix("127.0.0.0/8")},
+		{Prefix: netip.MustParsePrefix("::1/128")},
+	}
+	var allow []ma.Multiaddr
+	for _, p := range append(append([]netip.Prefix(nil), cfg.ProxyNetworks...), backends...) {
+		p = p.Masked()
+		l := rcmgr.NetworkPrefixLimit{Network: p, ConnCount: math.MaxInt}
+		if p.Addr().Is4() {
+			v4 = append(v4, l)
+		} else {
+			v6 = append(v6, l)
 		}
-		v4 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV4...)
-		v6 := append([]rcmgr.NetworkPrefixLimit(nil), rcmgr.DefaultNetworkPrefixLimitV6...)
-		// Loopback is exempt from the rate as from the count.
-		prefixRates := []rate.PrefixLimit{
-			{Prefix: netip.MustParsePrefix("127.0.0.0/8")},
-			{Prefix: netip.MustParsePrefix("::1/128")},
+		prefixRates = append(prefixRates, rate.PrefixLimit{Prefix: p}) // RPS 0: no limit
+	}
+	for _, p := range backends {
+		a, err := prefixAddr(p)
+		if err != nil {
+			return nil, err
 		}
-		for _, p := range cfg.ProxyNetworks {
-			p = p.Masked()
-			l := rcmgr.NetworkPrefixLimit{Network: p, ConnCount: math.MaxInt}
-			if p.Addr().Is4() {
-				v4 = append(v4, l)
-			} else {
-				v6 = append(v6, l)
+		allow = append(allow, a)
+	}
+	for _, p := range cfg.LinkPeers {
+		for _, anywhere := range []string{"/ip4/0.0.0.0/ipcidr/0", "/ip6/::/ipcidr/0"} {
+			a, err := ma.NewMultiaddr(anywhere + "/p2p/" + p.String())
+			if err != nil {
+				return nil, err
 			}
-			prefixRates = append(prefixRates, rate.PrefixLimit{Prefix: p}) // RPS 0: no limit
+			allow = append(allow, a)
 		}
-		opts = append(opts,
-			rcmgr.WithNetworkPrefixLimit(v4, v6),
-			rcmgr.WithConnRateLimiters(&rate.Limiter{
-				NetworkPrefixLimits: prefixRates,
-				SubnetRateLimiter: rate.SubnetLimiter{
-					IPv4SubnetLimits: []rate.SubnetLimit{
-						{PrefixLength: 32, Limit: rate.Limit{RPS: connRatePerIP, Burst: 2 * n}},
-					},
-					IPv6SubnetLimits: []rate.SubnetLimit{
-						{PrefixLength: 56, Limit: rate.Limit{RPS: connRatePerIP, Burst: 2 * n}},
-						{PrefixLength: 48, Limit: rate.Limit{RPS: connRatePer48, Burst: 10 * n}},
-					},
-					GracePeriod: time.Minute,
-				},
-			}))
 	}
-	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), opts...)
+	rep, err := newRefusals(cfg.Log, cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
+		rcmgr.WithNetworkPrefixLimit(v4, v6),
+		rcmgr.WithConnRateLimiters(&rate.Limiter{
+			NetworkPrefixLimits: prefixRates,
+			SubnetRateLimiter: rate.SubnetLimiter{
+				IPv4SubnetLimits: []rate.SubnetLimit{
+					{PrefixLength: 32, Limit: rate.Limit{RPS: connRatePerIP, Burst: 2 * n}},
+				},
+				IPv6SubnetLimits: []rate.SubnetLimit{
+					{PrefixLength: 56, Limit: rate.Limit{RPS: connRatePerIP, Burst: 2 * n}},
+					{PrefixLength: 48, Limit: rate.Limit{RPS: connRatePer48, Burst: 10 * n}},
+				},
+				GracePeriod: time.Minute,
+			},
+		}),
+		rcmgr.WithAllowlistedMultiaddrs(allow),
+		rcmgr.WithTraceReporter(rep),
+	)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(cfg.Limits.Concrete(cfg.LinkPeers...)), opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &countedRM{ResourceManager: rm, rep: rep}, nil
 }
 
 // listenCause strips the swarm's "failed to listen on any addresses: [...]"

@@ -130,7 +130,7 @@ func Start(cfg Config) (*Sidecar, error) {
 		for j, ai := range group {
 			ids[j] = ai.ID
 		}
-		h, err := node.New(node.Config{Key: cfg.Key, LinkPeers: ids})
+		h, err := node.New(node.Config{Key: cfg.Key, LinkPeers: ids, Log: s.log.With("link", i)})
 		if err != nil {
 			s.closeAll()
 			return nil, err
