@@ -108,7 +108,7 @@ func parseFlags(args []string) (cfg harness.Config, out outputs, code int) {
 	d := harness.DefaultConfig()
 	var (
 		smoke      = fs.Bool("smoke", false, "every setup and workload at tiny sizes, one run (CI); other flags still apply")
-		transports = fs.String("transports", strings.Join(d.Transports, ","), "comma-separated: tcp, quic")
+		transports = fs.String("transports", strings.Join(d.Transports, ","), "comma-separated: tcp, quic, webtransport, webrtc-direct")
 		setups     = fs.String("setups", strings.Join(d.Setups, ","), "comma-separated: "+strings.Join(harness.AllSetups, ", "))
 		workloads  = fs.String("workloads", strings.Join(d.Workloads, ","), "comma-separated: "+strings.Join(harness.AllWorkloads, ", "))
 		runs       = fs.Int("runs", d.Runs, "runs per figure; each figure is the median")
@@ -186,7 +186,7 @@ func parseFlags(args []string) (cfg harness.Config, out outputs, code int) {
 
 func validate(cfg *harness.Config) error {
 	for _, t := range cfg.Transports {
-		if t != "tcp" && t != "quic" {
+		if !contains([]string{"tcp", "quic", "webtransport", "webrtc-direct"}, t) {
 			return fmt.Errorf("unknown transport %q", t)
 		}
 	}

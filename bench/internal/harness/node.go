@@ -27,6 +27,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	libp2pwebrtc "github.com/libp2p/go-libp2p/p2p/transport/webrtc"
+	webtransport "github.com/libp2p/go-libp2p/p2p/transport/webtransport"
 	"github.com/multiformats/go-varint"
 	"google.golang.org/protobuf/proto"
 
@@ -293,6 +295,12 @@ func (n *node) newHost(s *HostSpec) (Response, error) {
 		opts = append(opts, libp2p.Transport(tcp.NewTCPTransport), libp2p.ListenAddrStrings("/ip4/"+ip+"/tcp/0"))
 	case "quic":
 		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport), libp2p.ListenAddrStrings("/ip4/"+ip+"/udp/0/quic-v1"))
+	case "webtransport":
+		// The browser transports are go-libp2p client transports too; a
+		// setup on one runs every link over it, the backend's included.
+		opts = append(opts, libp2p.Transport(webtransport.New), libp2p.ListenAddrStrings("/ip4/"+ip+"/udp/0/quic-v1/webtransport"))
+	case "webrtc-direct":
+		opts = append(opts, libp2p.Transport(libp2pwebrtc.New), libp2p.ListenAddrStrings("/ip4/"+ip+"/udp/0/webrtc-direct"))
 	default:
 		return Response{}, fmt.Errorf("unknown transport %q", s.Transport)
 	}
