@@ -45,7 +45,8 @@ func TestBrowser(t *testing.T) {
 	if err := roundTrip(s, randomBytes(64<<10)); err != nil {
 		t.Fatal(err)
 	}
-	f.events.StreamRefused(balancer.Inbound, protoA1, "limit")
+	f.events.StreamRefused(balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonLimit, Protocol: protoA1, Requested: protoA1,
+		Peer: d.ID(), Detail: "per-peer limit of 10 streams reached"})
 
 	br := startBrowser(t)
 	page := br.open(t, f.srv.URL()+"/")
@@ -59,7 +60,7 @@ func TestBrowser(t *testing.T) {
 		"the page shows the pool of %s", protoA1)
 	var text string
 	page.eval(t, `document.body.innerText`, &text)
-	for _, want := range []string{f.host.ID().String(), "least-streams", "serving", "refused", "limit"} {
+	for _, want := range []string{f.host.ID().String(), "least-streams", "serving", "refused", "limit", "per-peer limit of 10"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the page does not show %q:\n%s", want, text)
 		}

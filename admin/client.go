@@ -240,9 +240,17 @@ func printEvents(w io.Writer, events []Event) error {
 	fmt.Fprintln(tw, "TIME\tWHAT\tDIRECTION\tPROTOCOL\tPEER\tREASON")
 	for _, e := range events {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.TimeOnly), e.Kind,
-			dash(e.Direction), dash(e.Protocol), dash(e.Peer), e.Reason)
+			dash(e.Direction), dash(e.Protocol), dash(e.Peer), e.reasonText())
 	}
 	return tw.Flush()
+}
+
+// reasonText is the reason with its detail, as the log shows them.
+func (e Event) reasonText() string {
+	if e.Detail == "" {
+		return e.Reason
+	}
+	return e.Reason + ": " + e.Detail
 }
 
 func routeState(r Route) string {

@@ -32,11 +32,19 @@ type Event struct {
 	Direction string `json:"direction,omitempty"`
 	// Protocol of a refused stream, when known.
 	Protocol string `json:"protocol,omitempty"`
-	// Peer that asked for a refused registration, or the ejected backend.
+	// Peer that opened a refused stream (the remote peer inbound, the
+	// backend or stranger outbound), that asked for a refused
+	// registration, or the ejected backend.
 	Peer string `json:"peer,omitempty"`
-	// Reason: the refusal's reason or wire status, or how long the
-	// ejection lasts.
+	// Target an outbound request named, when it was valid.
+	Target string `json:"target,omitempty"`
+	// Reason: the refusal's reason ("limit", "rate", "no backend",
+	// "refused by backends") or wire status ("PERMISSION_DENIED"), or how
+	// long the ejection lasts.
 	Reason string `json:"reason"`
+	// Detail says more, as the log does: which limit, how many backends
+	// were tried, the text sent with a status.
+	Detail string `json:"detail,omitempty"`
 }
 
 // Events is a balancer.Tracer that keeps the most recent refusals and
@@ -104,9 +112,12 @@ func (e *Events) RegistrationHandled(p peer.ID, status pb.Status) {
 	e.add(Event{Kind: KindRegistrationRefused, Peer: p.String(), Reason: status.String()})
 }
 
-// StreamRefused records a refused stream.
-func (e *Events) StreamRefused(dir balancer.Direction, proto protocol.ID, reason string) {
-	e.add(Event{Kind: KindStreamRefused, Direction: dir.String(), Protocol: string(proto), Reason: reason})
+// StreamRefused records a refused stream, with the protocol as asked for
+// and the peers: unlike metric labels, the ring is bounded whatever they
+// are.
+func (e *Events) StreamRefused(r balancer.Refusal) {
+	e.add(Event{Kind: KindStreamRefused, Direction: r.Direction.String(), Protocol: string(r.Requested),
+		Peer: r.Peer.String(), Target: r.Target.String(), Reason: r.Why(), Detail: r.Detail})
 }
 
 // BackendEjected records an ejection.

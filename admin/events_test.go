@@ -16,11 +16,11 @@ func TestEventsRing(t *testing.T) {
 	}
 	ev.RegistrationHandled("", pb.Status_OK) // not a refusal
 	for i := range 5 {
-		ev.StreamRefused(balancer.Inbound, "/p", fmt.Sprint(i))
+		ev.StreamRefused(balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonLimit, Requested: "/p", Detail: fmt.Sprint(i)})
 	}
 	got := ev.Recent()
-	if len(got) != 3 || got[0].Reason != "4" || got[1].Reason != "3" || got[2].Reason != "2" {
-		t.Fatalf("Recent() = %+v, want reasons 4, 3, 2", got)
+	if len(got) != 3 || got[0].Detail != "4" || got[1].Detail != "3" || got[2].Detail != "2" {
+		t.Fatalf("Recent() = %+v, want details 4, 3, 2", got)
 	}
 	var nilEvents *admin.Events
 	if got := nilEvents.Recent(); got == nil || len(got) != 0 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -28,6 +29,7 @@ import (
 type scenario struct {
 	*fixture
 	a, b, stranger identity
+	remote         peer.ID // D, the remote peer whose stream A refused
 }
 
 // Payload sizes: each stream carries its payload to the backend and the
@@ -88,7 +90,7 @@ func runScenario(t *testing.T) *scenario {
 	// The balancer reports a stream's end before it stops counting the
 	// stream as active.
 	testnet.Eventually(t, 10*time.Second, func() bool { return f.lb.ActiveStreams() == 0 }, "no stream in flight")
-	return &scenario{fixture: f, a: a, b: b, stranger: stranger}
+	return &scenario{fixture: f, a: a, b: b, stranger: stranger, remote: d.ID()}
 }
 
 // TestScenario runs the scenario once and checks /metrics, the JSON API,
@@ -168,7 +170,9 @@ func checkMetrics(t *testing.T, sc *scenario) {
 		want   float64
 	}{
 		{"libp2p_balancer_streams_total", map[string]string{"direction": "inbound", "protocol": string(protoA1), "backend": a, "outcome": "ok"}, 3},
-		{"libp2p_balancer_streams_total", map[string]string{"direction": "outbound", "protocol": string(protoB1), "backend": b, "outcome": "ok"}, 1},
+		// B1 is neither routed nor granted by name (B may use any
+		// protocol), so its label is "other".
+		{"libp2p_balancer_streams_total", map[string]string{"direction": "outbound", "protocol": "other", "backend": b, "outcome": "ok"}, 1},
 		{"libp2p_balancer_streams_refused_total", map[string]string{"direction": "inbound", "protocol": string(protoA1), "reason": "refused_by_backends"}, 1},
 		{"libp2p_balancer_streams_active", map[string]string{"direction": "inbound"}, 0},
 		{"libp2p_balancer_streams_active", map[string]string{"direction": "outbound"}, 0},
@@ -289,7 +293,8 @@ func checkAPI(t *testing.T, sc *scenario) {
 		t.Fatal(err)
 	}
 	want := []admin.Event{
-		{Kind: admin.KindStreamRefused, Direction: "inbound", Protocol: string(protoA1), Reason: "refused by backends"},
+		{Kind: admin.KindStreamRefused, Direction: "inbound", Protocol: string(protoA1), Peer: sc.remote.String(),
+			Reason: "refused by backends", Detail: "backends tried: 1"},
 		{Kind: admin.KindRegistrationRefused, Peer: sc.stranger.id.String(), Reason: "PERMISSION_DENIED"},
 	}
 	if len(events) != len(want) {
@@ -323,7 +328,8 @@ func checkPrint(t *testing.T, sc *scenario) {
 		string(protoA1) + "  least-streams  " + sc.a.id.String() + "  serving",
 		sc.b.id.String() + "  yes",
 		"5.9 KiB", // A: 6000 bytes each way
-		"refused by backends",
+		"refused by backends: backends tried: 1",
+		sc.remote.String(),
 		"PERMISSION_DENIED",
 	} {
 		if !strings.Contains(out, want) {

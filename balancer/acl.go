@@ -62,3 +62,14 @@ func (a acl) permits(p peer.ID, proto string) bool {
 }
 
 func (a acl) isBackend(p peer.ID) bool { return a[p] != nil }
+
+// namesExactly reports whether some backend is granted proto by its exact
+// name: such protocols come from the configuration, a bounded set.
+func (a acl) namesExactly(proto string) bool {
+	for _, g := range a {
+		if g.exact[proto] {
+			return true
+		}
+	}
+	return false
+}

@@ -49,6 +49,9 @@ type Balancer struct {
 	admission admission
 	// dials rate-limits the dials of each backend's outbound requests.
 	dials dialLimiter
+	// refusals writes refused streams and registrations to the log, a
+	// line per kind per interval under a flood.
+	refusals *refusalLog
 
 	// protoEmitter announces changes of the routed protocols (see
 	// announce); added and removed collect them meanwhile, under mu.
@@ -93,6 +96,7 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 		pools:        map[protocol.ID]*pool{},
 		installed:    map[protocol.ID]bool{},
 	}
+	b.refusals = newRefusalLog(b.log)
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
@@ -101,6 +105,8 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 	h.SetStreamHandler(wire.ForwardID, b.handleOutbound)
 	b.wg.Add(1)
 	go b.watchConnectedness()
+	b.wg.Add(1)
+	go b.flushRefusals()
 	if cfg.probeInterval > 0 {
 		b.wg.Add(1)
 		go b.probeBackends()
@@ -124,6 +130,7 @@ func (b *Balancer) Close() error {
 		b.active.ResetAll()
 		b.cancel()
 		b.wg.Wait()
+		b.refusals.flush(true)
 		err = nil
 	})
 	return err

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -25,8 +26,7 @@ func (b *Balancer) handleInbound(s network.Stream) {
 	proto := s.Protocol()
 	remote := s.Conn().RemotePeer()
 	if r := b.admission.admitInbound(remote); r != nil {
-		b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", r.msg)
-		b.cfg.tracer.StreamRefused(Inbound, proto, r.kind)
+		b.refused(Refusal{Direction: Inbound, Reason: r.reason, Protocol: proto, Requested: proto, Peer: remote, Detail: r.msg})
 		s.ResetWithError(r.code)
 		return
 	}
@@ -59,14 +59,15 @@ func (b *Balancer) handleInbound(s network.Stream) {
 		handedOff = true
 		return
 	}
+	// Inbound protocols are routed ones (the handler is installed for
+	// exactly those), so the protocol is its own label.
 	if len(cands) == 0 {
-		b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend available")
-		b.cfg.tracer.StreamRefused(Inbound, proto, "no backend")
+		b.refused(Refusal{Direction: Inbound, Reason: ReasonNoBackend, Protocol: proto, Requested: proto, Peer: remote})
 		s.ResetWithError(network.StreamResourceLimitExceeded)
 		return
 	}
-	b.log.Info("inbound stream refused", "protocol", proto, "peer", remote, "reason", "no backend accepted", "tried", len(cands))
-	b.cfg.tracer.StreamRefused(Inbound, proto, "refused by backends")
+	b.refused(Refusal{Direction: Inbound, Reason: ReasonRefusedByBackends, Protocol: proto, Requested: proto, Peer: remote,
+		Detail: fmt.Sprintf("backends tried: %d", len(cands))})
 	s.Reset()
 }
 

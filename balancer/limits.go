@@ -14,7 +14,8 @@ import (
 // manager still applies). Each limit refuses with its own reason: a backend
 // gets RESOURCE_LIMIT_EXCEEDED with a text naming the limit, a remote peer's
 // stream is reset with go-libp2p's "resource limit exceeded" stream error
-// code, and the balancer logs one line naming the limit.
+// code (0x1003 "rate limited" for the rate), and the balancer logs the
+// refusal naming the limit (a line per kind per interval under a flood).
 //
 // The yaml tags are the keys of balancer serve's configuration file
 // (limits: in balancer.example.yaml), so that the file and the library
@@ -70,17 +71,17 @@ type peerUse struct {
 }
 
 // refusal is a limit refusing a remote peer's stream: the stream error code
-// its reset carries, and the reason that is logged.
+// its reset carries, the reason, and which limit in words.
 type refusal struct {
-	code network.StreamErrorCode
-	kind string // "limit" or "rate", for metrics
-	msg  string
+	code   network.StreamErrorCode
+	reason Reason // ReasonLimit or ReasonRate
+	msg    string
 }
 
 func (r *refusal) Error() string { return r.msg }
 
 func limited(format string, args ...any) *refusal {
-	return &refusal{network.StreamResourceLimitExceeded, "limit", fmt.Sprintf(format, args...)}
+	return &refusal{network.StreamResourceLimitExceeded, ReasonLimit, fmt.Sprintf(format, args...)}
 }
 
 // admitInbound takes a slot for a new inbound stream from remote, or says
@@ -105,7 +106,7 @@ func (a *admission) admitInbound(remote peer.ID) *refusal {
 		u.tokens = min(rate, u.tokens+rate*now.Sub(u.last).Seconds())
 		u.last = now
 		if u.tokens < 1 {
-			return &refusal{network.StreamRateLimited, "rate", fmt.Sprintf("per-peer rate of %g new streams per second exceeded", rate)}
+			return &refusal{network.StreamRateLimited, ReasonRate, fmt.Sprintf("per-peer rate of %g new streams per second exceeded", rate)}
 		}
 		u.tokens--
 	}

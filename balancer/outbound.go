@@ -28,16 +28,16 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 	if !b.cfg.acl.isBackend(from) {
 		// Answer without reading: the balancer is no open proxy, and a
 		// stranger costs one small write.
-		b.log.Info("outbound stream refused", "peer", from, "status", pb.Status_PERMISSION_DENIED)
-		b.cfg.tracer.StreamRefused(Outbound, "", pb.Status_PERMISSION_DENIED.String())
-		wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
+		const text = "this peer is not an allowed backend"
+		b.refused(Refusal{Direction: Outbound, Status: pb.Status_PERMISSION_DENIED, Peer: from, Detail: text})
+		wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_PERMISSION_DENIED, Text: text})
 		return
 	}
 	_ = s.SetDeadline(time.Now().Add(b.cfg.handshakeTimeout))
 	var req pb.Forward
 	if err := wire.NewReader(s).ReadMsg(&req); err != nil {
 		if errors.Is(err, wire.ErrMalformed) {
-			b.log.Info("malformed forward request", "backend", from, "err", err)
+			b.refused(Refusal{Direction: Outbound, Status: pb.Status_MALFORMED_MESSAGE, Peer: from, Detail: err.Error()})
 			wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
 		} else {
 			s.Reset()
@@ -68,18 +68,26 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 				return
 			}
 			_ = s.SetDeadline(time.Time{})
-			b.cfg.tracer.StreamAccepted(Outbound, ts.Protocol(), from, time.Since(start))
-			b.carry(Outbound, ts.Protocol(), be, ts, s, func() { b.releaseOutbound(be) })
+			// The target confirmed one of the backend's protocols, but a
+			// target may confirm anything: label it as a refusal would be.
+			label := b.labelProtocol(ts.Protocol())
+			b.cfg.tracer.StreamAccepted(Outbound, label, from, time.Since(start))
+			b.carry(Outbound, label, be, ts, s, func() { b.releaseOutbound(be) })
 			handedOff = true
 			return
 		}
 	}
-	b.log.Info("outbound stream refused", "backend", from, "target", target, "status", serr.Status, "reason", serr.Text)
-	var first protocol.ID
+	// The first protocol asked for stands for the request; checkOutbound
+	// returns the request's protocols only once they are all valid, so
+	// fall back on the raw list for the events.
+	var asked protocol.ID
 	if len(protos) > 0 {
-		first = protos[0]
+		asked = protos[0]
+	} else if ps := req.GetProtocols(); len(ps) > 0 && wire.ValidateProtocol(ps[0]) == nil {
+		asked = protocol.ID(ps[0])
 	}
-	b.cfg.tracer.StreamRefused(Outbound, first, serr.Status.String())
+	b.refused(Refusal{Direction: Outbound, Status: serr.Status, Protocol: b.labelProtocol(asked), Requested: asked,
+		Peer: from, Target: target, Detail: serr.Text})
 	wire.WriteFinal(s, &pb.ForwardResponse{Status: serr.Status, Text: serr.Text})
 }
 

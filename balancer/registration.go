@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
@@ -28,8 +29,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	if !b.cfg.acl.isBackend(p) {
 		// Answer without reading: a stranger costs one small write.
-		b.log.Info("registration refused", "peer", p, "status", pb.Status_PERMISSION_DENIED)
-		b.cfg.tracer.RegistrationHandled(p, pb.Status_PERMISSION_DENIED)
+		b.registrationRefused(p, pb.Status_PERMISSION_DENIED, "")
 		wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
 		return
 	}
@@ -39,8 +39,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		var req pb.RoutingRequest
 		if err := r.ReadMsg(&req); err != nil {
 			if errors.Is(err, wire.ErrMalformed) {
-				b.log.Info("malformed routing request", "backend", p, "err", err)
-				b.cfg.tracer.RegistrationHandled(p, pb.Status_MALFORMED_MESSAGE)
+				b.registrationRefused(p, pb.Status_MALFORMED_MESSAGE, err.Error())
 				wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_MALFORMED_MESSAGE, Text: err.Error()})
 				return
 			}
@@ -55,9 +54,10 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		if resp == nil {
 			resp = b.apply(p, &req)
 		}
-		b.cfg.tracer.RegistrationHandled(p, resp.Status)
-		if resp.Status != pb.Status_OK {
-			b.log.Info("registration refused", "backend", p, "status", resp.Status, "reason", resp.Text)
+		if resp.Status == pb.Status_OK {
+			b.cfg.tracer.RegistrationHandled(p, resp.Status)
+		} else {
+			b.registrationRefused(p, resp.Status, resp.Text)
 		}
 		_ = s.SetWriteDeadline(time.Now().Add(b.cfg.handshakeTimeout))
 		if err := wire.WriteMsg(s, resp); err != nil {
@@ -69,6 +69,18 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 			return
 		}
 	}
+}
+
+// registrationRefused reports a routing request answered with status to
+// the Tracer and the log. A stranger may loop on the routing-request
+// protocol as on any other, so the log sums up (see refusalLog).
+func (b *Balancer) registrationRefused(p peer.ID, status pb.Status, text string) {
+	b.cfg.tracer.RegistrationHandled(p, status)
+	attrs := []any{"peer", p}
+	if text != "" {
+		attrs = append(attrs, "detail", text)
+	}
+	b.refusals.note(refusalKey{msg: "registration refused", reason: status.String()}, attrs)
 }
 
 // validate checks a request's shape; nil means it may be applied.

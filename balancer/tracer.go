@@ -30,9 +30,11 @@ func (d Direction) String() string {
 
 // Tracer observes what the balancer does, for metrics. Every method is
 // called synchronously on the path it reports, so it must be quick and must
-// not block; the Prometheus implementation is in package metrics. Protocols
-// passed to a Tracer are always routed or requested by an allowed backend,
-// never a string a remote peer chose, so labels stay bounded.
+// not block; the Prometheus implementation is in package metrics. The
+// protocols passed as arguments, and Refusal.Protocol, come from bounded
+// sets (routed protocols, protocols granted by exact name, OtherProtocol),
+// never a string a remote peer or a backend chose freely, so they may be
+// metric labels; Refusal.Requested and peer IDs may not.
 type Tracer interface {
 	// RegistrationHandled reports a routing request and the status it got.
 	RegistrationHandled(backend peer.ID, status pb.Status)
@@ -40,12 +42,13 @@ type Tracer interface {
 	// least one route after a change.
 	RoutesChanged(routes, backends int)
 	// StreamAccepted reports a stream that a backend (inbound) or target
-	// (outbound) accepted, and how long its handshake took.
+	// (outbound) accepted, and how long its handshake took. An outbound
+	// protocol outside the bounded sets is OtherProtocol, here and in
+	// StreamEnded.
 	StreamAccepted(dir Direction, proto protocol.ID, backend peer.ID, handshake time.Duration)
-	// StreamRefused reports a stream refused, with the wire status for
-	// outbound ones and the reason for inbound ones ("limit", "rate",
-	// "no backend", "refused by backends").
-	StreamRefused(dir Direction, proto protocol.ID, reason string)
+	// StreamRefused reports a stream refused before it reached a backend
+	// (inbound) or a target (outbound), and why.
+	StreamRefused(r Refusal)
 	// StreamEnded reports a forwarded stream that ended, with the bytes it
 	// carried each way and whether it ended cleanly.
 	StreamEnded(dir Direction, proto protocol.ID, backend peer.ID, toBackend, fromBackend int64, clean bool)
@@ -71,7 +74,7 @@ type nopTracer struct{}
 func (nopTracer) RegistrationHandled(peer.ID, pb.Status)                          {}
 func (nopTracer) RoutesChanged(int, int)                                          {}
 func (nopTracer) StreamAccepted(Direction, protocol.ID, peer.ID, time.Duration)   {}
-func (nopTracer) StreamRefused(Direction, protocol.ID, string)                    {}
+func (nopTracer) StreamRefused(Refusal)                                           {}
 func (nopTracer) StreamEnded(Direction, protocol.ID, peer.ID, int64, int64, bool) {}
 func (nopTracer) BytesForwarded(Direction, bool, int)                             {}
 func (nopTracer) BackendEjected(peer.ID, time.Duration)                           {}

@@ -19,10 +19,10 @@
 // queries exists.
 //
 // Every metric name starts with libp2p_balancer_. Label values are bounded:
-// protocols are those routed to, or requested by, allowed backends (the
-// balancer never passes a Tracer a protocol a remote peer chose), backends
-// are allowed backends, and statuses and reasons come from fixed lists. A
-// peer that is not an allowed backend never becomes a label value.
+// protocols are routed ones, ones granted by exact name, or "other" (see
+// balancer.Refusal.Protocol), backends are allowed backends, and statuses
+// and reasons come from fixed lists. A peer that is not an allowed backend
+// never becomes a label value.
 package metrics
 
 import (
@@ -109,96 +109,120 @@ var _ balancer.Tracer = (*Tracer)(nil)
 // "from_backend"; outcome is "ok" or "error"; status is a wire status in
 // lower case ("ok", "permission_denied", ...); reason is, for inbound
 // refusals, "limit", "rate", "no_backend" or "refused_by_backends", and for
-// outbound ones the wire status in lower case. protocol is empty for an
-// outbound refusal that happened before any protocol was accepted (a peer
-// that is not a backend, or a malformed request).
+// outbound ones the wire status in lower case. protocol is a routed
+// protocol, one granted by exact name in the allow list, or "other" for an
+// outbound protocol outside both (backends choose outbound protocols, and
+// one looping over random protocol IDs must not create series without
+// end); it is empty for an outbound refusal of a request that was not read
+// (a peer that is not a backend, or a malformed request).
 func New(reg prometheus.Registerer) (*Tracer, error) {
 	if reg == nil {
 		reg = prometheus.DefaultRegisterer
 	}
-	dirs := []string{balancer.Inbound.String(), balancer.Outbound.String()}
-	streams := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace,
-		Name:      "streams_total",
-		Help:      "Forwarded streams that ended, by direction, protocol, backend and outcome.",
-	}, []string{"direction", "protocol", "backend", "outcome"})
-	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: Namespace,
-		Name:      "streams_active",
-		Help:      "Forwarded streams in flight, by direction.",
-	}, []string{"direction"})
-	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace,
-		Name:      "streams_refused_total",
-		Help:      "Streams refused before reaching a backend (inbound) or target (outbound), by direction, protocol and reason.",
-	}, []string{"direction", "protocol", "reason"})
-	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace,
-		Name:      "forwarded_bytes_total",
-		Help:      "Bytes forwarded, by stream direction and by flow (to or from the backend).",
-	}, []string{"direction", "flow"})
-	handshake := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: Namespace,
-		Name:      "handshake_duration_seconds",
-		Help:      "Time until a backend (inbound) or target (outbound) accepted a forwarded stream, by direction.",
-		Buckets:   HandshakeBuckets,
-	}, []string{"direction"})
-	registrations := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace,
-		Name:      "registrations_total",
-		Help:      "Routing requests handled, by response status.",
-	}, []string{"status"})
-	routes := prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: Namespace,
-		Name:      "routes",
-		Help:      "Routes in the routing table (one per protocol and backend).",
-	})
-	backends := prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: Namespace,
-		Name:      "backends",
-		Help:      "Backends with at least one route.",
-	})
-	ejections := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace,
-		Name:      "backend_ejections_total",
-		Help:      "Passive-health ejections, by backend.",
-	}, []string{"backend"})
-	ejectionSecs := prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: Namespace,
-		Name:      "backend_ejection_seconds_total",
-		Help:      "Total length of the passive-health ejections, in seconds.",
-	})
-	all := []prometheus.Collector{streams, active, refused, bytes, handshake, registrations, routes, backends, ejections, ejectionSecs}
-	for i, c := range all {
+	v := newVecs()
+	if err := registerAll(reg, v.collectors()); err != nil {
+		return nil, err
+	}
+	return v.tracer(), nil
+}
+
+// vecs are the Tracer's metric families, before registration.
+type vecs struct {
+	streams       *prometheus.CounterVec
+	active        *prometheus.GaugeVec
+	refused       *prometheus.CounterVec
+	bytes         *prometheus.CounterVec
+	handshake     *prometheus.HistogramVec
+	registrations *prometheus.CounterVec
+	routes        prometheus.Gauge
+	backends      prometheus.Gauge
+	ejections     *prometheus.CounterVec
+	ejectionSecs  prometheus.Counter
+}
+
+// newVecs defines the metric families listed in New's comment.
+func newVecs() *vecs {
+	counterVec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, labels)
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: name, Help: help})
+	}
+	return &vecs{
+		streams: counterVec("streams_total",
+			"Forwarded streams that ended, by direction, protocol, backend and outcome.",
+			"direction", "protocol", "backend", "outcome"),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace,
+			Name:      "streams_active",
+			Help:      "Forwarded streams in flight, by direction.",
+		}, []string{"direction"}),
+		refused: counterVec("streams_refused_total",
+			"Streams refused before reaching a backend (inbound) or target (outbound), by direction, protocol and reason.",
+			"direction", "protocol", "reason"),
+		bytes: counterVec("forwarded_bytes_total",
+			"Bytes forwarded, by stream direction and by flow (to or from the backend).",
+			"direction", "flow"),
+		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace,
+			Name:      "handshake_duration_seconds",
+			Help:      "Time until a backend (inbound) or target (outbound) accepted a forwarded stream, by direction.",
+			Buckets:   HandshakeBuckets,
+		}, []string{"direction"}),
+		registrations: counterVec("registrations_total", "Routing requests handled, by response status.", "status"),
+		routes:        gauge("routes", "Routes in the routing table (one per protocol and backend)."),
+		backends:      gauge("backends", "Backends with at least one route."),
+		ejections:     counterVec("backend_ejections_total", "Passive-health ejections, by backend.", "backend"),
+		ejectionSecs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "backend_ejection_seconds_total",
+			Help:      "Total length of the passive-health ejections, in seconds.",
+		}),
+	}
+}
+
+func (v *vecs) collectors() []prometheus.Collector {
+	return []prometheus.Collector{v.streams, v.active, v.refused, v.bytes, v.handshake, v.registrations,
+		v.routes, v.backends, v.ejections, v.ejectionSecs}
+}
+
+// registerAll registers every collector in cs with reg, or none of them.
+func registerAll(reg prometheus.Registerer, cs []prometheus.Collector) error {
+	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// Leave reg as it was, so that the caller can fix the
 			// conflict and try again.
-			for _, done := range all[:i] {
+			for _, done := range cs[:i] {
 				reg.Unregister(done)
 			}
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
+
+// tracer builds the Tracer on v, with the per-direction children curried
+// once so that the hot paths (BytesForwarded runs on every write of every
+// stream) do no label lookup and no allocation. Creating the children also
+// makes them show up, at zero, before any traffic, so that rate() works
+// from the first scrape.
+func (v *vecs) tracer() *Tracer {
 	t := &Tracer{
-		streams:       streams,
-		refused:       refused,
-		registrations: registrations,
-		routes:        routes,
-		backends:      backends,
-		ejections:     ejections,
-		ejectionSecs:  ejectionSecs,
+		streams:       v.streams,
+		refused:       v.refused,
+		registrations: v.registrations,
+		routes:        v.routes,
+		backends:      v.backends,
+		ejections:     v.ejections,
+		ejectionSecs:  v.ejectionSecs,
 	}
-	// Curried once here so that the hot paths (BytesForwarded runs on every
-	// write of every stream) do no label lookup and no allocation. Creating
-	// the children also makes them show up, at zero, before any traffic, so
-	// that rate() works from the first scrape.
-	for i, d := range dirs {
-		t.active[i] = active.WithLabelValues(d)
-		t.handshake[i] = handshake.WithLabelValues(d)
-		t.bytes[i][0] = bytes.WithLabelValues(d, FlowFromBackend)
-		t.bytes[i][1] = bytes.WithLabelValues(d, FlowToBackend)
+	for i, d := range []balancer.Direction{balancer.Inbound, balancer.Outbound} {
+		t.active[i] = v.active.WithLabelValues(d.String())
+		t.handshake[i] = v.handshake.WithLabelValues(d.String())
+		t.bytes[i][0] = v.bytes.WithLabelValues(d.String(), FlowFromBackend)
+		t.bytes[i][1] = v.bytes.WithLabelValues(d.String(), FlowToBackend)
 	}
-	return t, nil
+	return t
 }
 
 // dirIndex maps a direction to its index in the curried arrays; anything
@@ -255,11 +279,12 @@ func (t *Tracer) StreamAccepted(dir balancer.Direction, _ protocol.ID, _ peer.ID
 	t.handshake[i].Observe(handshake.Seconds())
 }
 
-// StreamRefused counts a refused stream.
-func (t *Tracer) StreamRefused(dir balancer.Direction, proto protocol.ID, reason string) {
+// StreamRefused counts a refused stream, labelled with the bounded form of
+// its protocol (r.Protocol, never r.Requested).
+func (t *Tracer) StreamRefused(r balancer.Refusal) {
 	tags := metricshelper.GetStringSlice()
 	defer metricshelper.PutStringSlice(tags)
-	*tags = append(*tags, dir.String(), string(proto), reasonLabel(reason))
+	*tags = append(*tags, r.Direction.String(), string(r.Protocol), reasonLabel(r))
 	inc(t.refused, *tags...)
 }
 
@@ -289,25 +314,13 @@ func (t *Tracer) BackendEjected(backend peer.ID, d time.Duration) {
 	t.ejectionSecs.Add(d.Seconds())
 }
 
-// statusLabels and reasonLabels are computed once so that labelling does not
-// allocate: Status.String and strings.ToLower would, on every call.
-var (
-	statusLabels = map[pb.Status]string{}
-	reasonLabels = map[string]string{
-		// The inbound reasons the balancer passes to StreamRefused, in
-		// label form.
-		"limit":               "limit",
-		"rate":                "rate",
-		"no backend":          "no_backend",
-		"refused by backends": "refused_by_backends",
-	}
-)
+// statusLabels are computed once so that labelling does not allocate:
+// Status.String and strings.ToLower would, on every call.
+var statusLabels = map[pb.Status]string{}
 
 func init() {
 	for v, name := range pb.Status_name {
 		statusLabels[pb.Status(v)] = strings.ToLower(name)
-		// Outbound refusals carry the status name as their reason.
-		reasonLabels[name] = strings.ToLower(name)
 	}
 }
 
@@ -320,14 +333,23 @@ func statusLabel(s pb.Status) string {
 	return "other"
 }
 
-// reasonLabel is the label form of a refusal reason. Reasons come from the
-// balancer's code, not from the network, so an unknown one passes through
-// as it is rather than hiding a new reason under "other".
-func reasonLabel(r string) string {
-	if l, ok := reasonLabels[r]; ok {
-		return l
+// reasonLabel is the reason label of a refusal: the inbound reason, or the
+// wire status of an outbound one in lower case. These values are the ones
+// dashboards and alerts match; keep them.
+func reasonLabel(r balancer.Refusal) string {
+	switch r.Reason {
+	case balancer.ReasonStatus:
+		return statusLabel(r.Status)
+	case balancer.ReasonLimit:
+		return "limit"
+	case balancer.ReasonRate:
+		return "rate"
+	case balancer.ReasonNoBackend:
+		return "no_backend"
+	case balancer.ReasonRefusedByBackends:
+		return "refused_by_backends"
 	}
-	return r
+	return "other"
 }
 
 // NewRegistry returns a registry holding the Go runtime and process

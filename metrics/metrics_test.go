@@ -43,8 +43,8 @@ func exercise(t balancer.Tracer) {
 	t.RegistrationHandled(backendA, pb.Status_OK)
 	t.RoutesChanged(3, 2)
 	t.StreamAccepted(balancer.Inbound, protoA1, backendA, 3*time.Millisecond)
-	t.StreamRefused(balancer.Inbound, protoA1, "no backend")
-	t.StreamRefused(balancer.Outbound, "", pb.Status_PERMISSION_DENIED.String())
+	t.StreamRefused(balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonNoBackend, Protocol: protoA1, Requested: protoA1, Peer: stranger})
+	t.StreamRefused(balancer.Refusal{Direction: balancer.Outbound, Status: pb.Status_PERMISSION_DENIED, Peer: stranger})
 	t.BytesForwarded(balancer.Inbound, true, 100)
 	t.BytesForwarded(balancer.Inbound, false, 50)
 	t.StreamEnded(balancer.Inbound, protoA1, backendA, 100, 50, true)
@@ -164,6 +164,34 @@ func TestUnknownStatus(t *testing.T) {
 	}
 }
 
+// TestReasonLabels pins the reason label values: dashboards and alerts
+// match them, so a change in the balancer's reasons must not move them.
+func TestReasonLabels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	tr, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		r    balancer.Refusal
+		want string
+	}{
+		{balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonLimit}, "limit"},
+		{balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonRate}, "rate"},
+		{balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonNoBackend}, "no_backend"},
+		{balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonRefusedByBackends}, "refused_by_backends"},
+		{balancer.Refusal{Direction: balancer.Outbound, Status: pb.Status_PROTOCOL_NOT_SUPPORTED}, "protocol_not_supported"},
+		{balancer.Refusal{Direction: balancer.Outbound, Status: pb.Status(12345)}, "other"},
+	} {
+		c.r.Protocol = protoA1
+		tr.StreamRefused(c.r)
+		labels := map[string]string{"direction": c.r.Direction.String(), "protocol": protoA1, "reason": c.want}
+		if got := value(t, reg, "libp2p_balancer_streams_refused_total", labels); got != 1 {
+			t.Errorf("%s: %v, want 1", c.want, got)
+		}
+	}
+}
+
 // TestLint checks the metrics against Prometheus's naming conventions.
 func TestLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -229,7 +257,9 @@ func TestNoAlloc(t *testing.T) {
 		{"RegistrationHandled", func() { tr.RegistrationHandled(backendA, pb.Status_OK) }, false},
 		{"BackendEjected", func() { tr.BackendEjected(backendA, time.Second) }, false},
 		{"StreamEnded", func() { tr.StreamEnded(balancer.Inbound, protoA1, backendA, 1, 1, true) }, true},
-		{"StreamRefused", func() { tr.StreamRefused(balancer.Inbound, protoA1, "no backend") }, true},
+		{"StreamRefused", func() {
+			tr.StreamRefused(balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonNoBackend, Protocol: protoA1, Requested: protoA1, Peer: stranger})
+		}, true},
 	}
 	for _, tc := range tests {
 		if tc.pooled && raceEnabled {
@@ -246,7 +276,7 @@ type nopTracer struct{}
 func (nopTracer) RegistrationHandled(peer.ID, pb.Status)                                   {}
 func (nopTracer) RoutesChanged(int, int)                                                   {}
 func (nopTracer) StreamAccepted(balancer.Direction, protocol.ID, peer.ID, time.Duration)   {}
-func (nopTracer) StreamRefused(balancer.Direction, protocol.ID, string)                    {}
+func (nopTracer) StreamRefused(balancer.Refusal)                                           {}
 func (nopTracer) StreamEnded(balancer.Direction, protocol.ID, peer.ID, int64, int64, bool) {}
 func (nopTracer) BytesForwarded(balancer.Direction, bool, int)                             {}
 func (nopTracer) BackendEjected(peer.ID, time.Duration)                                    {}

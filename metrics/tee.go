@@ -52,9 +52,9 @@ func (ts tee) StreamAccepted(dir balancer.Direction, proto protocol.ID, backend 
 	}
 }
 
-func (ts tee) StreamRefused(dir balancer.Direction, proto protocol.ID, reason string) {
+func (ts tee) StreamRefused(r balancer.Refusal) {
 	for _, t := range ts {
-		t.StreamRefused(dir, proto, reason)
+		t.StreamRefused(r)
 	}
 }
 
