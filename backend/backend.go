@@ -23,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
@@ -46,6 +47,9 @@ type Backend struct {
 	// them (see stream); Drain waits on it. It is never closed or reset:
 	// Close leaves delivered streams to their owners.
 	inflight pipe.Group
+	// refusals writes refused and forged forward streams to the log, a
+	// line per kind per interval under a flood.
+	refusals *logging.Summary
 
 	sessions []*session // one per balancer, fixed at New
 	byPeer   map[peer.ID]*session
@@ -108,6 +112,7 @@ func New(h host.Host, balancers []peer.AddrInfo, opts ...Option) (*Backend, erro
 		b.byPeer[ai.ID] = s
 		h.ConnManager().Protect(ai.ID, "libp2p-balancer")
 	}
+	b.refusals = logging.NewSummary(b.log, logging.SummaryInterval)
 	h.SetStreamHandler(wire.ForwardID, b.handleForward)
 	b.wg.Add(1)
 	go b.watchConnectedness()
@@ -198,6 +203,7 @@ func (b *Backend) Close() error {
 		b.cancel()
 		b.sub.Close()
 		b.wg.Wait()
+		b.refusals.Close()
 		for _, s := range b.sessions {
 			s.closeLanes()
 			b.h.ConnManager().Unprotect(s.ai.ID, "libp2p-balancer")

@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -20,8 +21,9 @@ func (b *Backend) handleForward(s network.Stream) {
 	sess := b.byPeer[balancerID]
 	if sess == nil {
 		// Only a configured balancer may speak for a remote peer; anyone
-		// else could claim any peer ID in the Forward message.
-		b.log.Info("forward stream from a peer that is not a balancer reset", "peer", balancerID)
+		// else could claim any peer ID in the Forward message. Anyone can
+		// also loop on this, so the log sums up.
+		b.refusals.Note(logging.Key{Msg: "forward stream reset", Reason: "not a balancer"}, "peer", balancerID)
 		s.Reset()
 		return
 	}
@@ -71,7 +73,9 @@ func (b *Backend) handleForward(s network.Stream) {
 		}
 	}
 	if serr != nil {
-		b.log.Info("forwarded stream refused", "balancer", balancerID, "status", serr.Status, "reason", serr.Text)
+		// Remote peers cause these through the balancer, as many as its
+		// limits let through: the log sums up.
+		b.refusals.Note(logging.Key{Msg: "forwarded stream refused", Reason: serr.Status.String()}, "balancer", balancerID, "detail", serr.Text)
 		wire.WriteFinal(s, &pb.ForwardResponse{Status: serr.Status, Text: serr.Text})
 		return
 	}

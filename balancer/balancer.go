@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/link"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
@@ -51,7 +52,7 @@ type Balancer struct {
 	dials dialLimiter
 	// refusals writes refused streams and registrations to the log, a
 	// line per kind per interval under a flood.
-	refusals *refusalLog
+	refusals *logging.Summary
 
 	// protoEmitter announces changes of the routed protocols (see
 	// announce); added and removed collect them meanwhile, under mu.
@@ -96,7 +97,7 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 		pools:        map[protocol.ID]*pool{},
 		installed:    map[protocol.ID]bool{},
 	}
-	b.refusals = newRefusalLog(b.log)
+	b.refusals = logging.NewSummary(b.log, logging.SummaryInterval)
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
@@ -105,8 +106,6 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 	h.SetStreamHandler(wire.ForwardID, b.handleOutbound)
 	b.wg.Add(1)
 	go b.watchConnectedness()
-	b.wg.Add(1)
-	go b.flushRefusals()
 	if cfg.probeInterval > 0 {
 		b.wg.Add(1)
 		go b.probeBackends()
@@ -130,7 +129,7 @@ func (b *Balancer) Close() error {
 		b.active.ResetAll()
 		b.cancel()
 		b.wg.Wait()
-		b.refusals.flush(true)
+		b.refusals.Close()
 		err = nil
 	})
 	return err

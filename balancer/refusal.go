@@ -4,6 +4,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
@@ -94,7 +95,8 @@ func (r Refusal) Why() string {
 }
 
 // refused reports r to the Tracer and the log; every refused stream goes
-// through here.
+// through here. The log sums up under a flood (logging.Summary); the Tracer
+// sees every refusal.
 func (b *Balancer) refused(r Refusal) {
 	b.cfg.tracer.StreamRefused(r)
 	msg := "inbound stream refused"
@@ -114,7 +116,7 @@ func (b *Balancer) refused(r Refusal) {
 	if r.Detail != "" {
 		attrs = append(attrs, "detail", r.Detail)
 	}
-	b.refusals.note(refusalKey{msg: msg, reason: r.Why()}, attrs)
+	b.refusals.Note(logging.Key{Msg: msg, Reason: r.Why()}, attrs...)
 }
 
 // labelProtocol returns p when it belongs to a bounded set (routed now, or

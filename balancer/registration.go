@@ -8,6 +8,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/logging"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -73,14 +74,14 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 
 // registrationRefused reports a routing request answered with status to
 // the Tracer and the log. A stranger may loop on the routing-request
-// protocol as on any other, so the log sums up (see refusalLog).
+// protocol as on any other, so the log sums up (logging.Summary).
 func (b *Balancer) registrationRefused(p peer.ID, status pb.Status, text string) {
 	b.cfg.tracer.RegistrationHandled(p, status)
 	attrs := []any{"peer", p}
 	if text != "" {
 		attrs = append(attrs, "detail", text)
 	}
-	b.refusals.note(refusalKey{msg: "registration refused", reason: status.String()}, attrs)
+	b.refusals.Note(logging.Key{Msg: "registration refused", Reason: status.String()}, attrs...)
 }
 
 // validate checks a request's shape; nil means it may be applied.
