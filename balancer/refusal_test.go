@@ -233,7 +233,7 @@ func TestOutboundLabelsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithTracer(tr))
+	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithTracer(tr), loopbackTargets)
 	be, ah := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/routed": echo})
 	waitRegistered(t, be, "/routed")
 	none := testnet.NewHost(t, testnet.TCP, testnet.Options{})
