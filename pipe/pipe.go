@@ -40,9 +40,9 @@ const (
 	// in one read.
 	smallBufSize = 512
 
-	// largeBufSize is borrowed from the pool while data is flowing. In the
-	// project's earlier measurements smaller large buffers cost about 30%
-	// of bulk throughput, because
+	// largeBufSize is borrowed from the pool while data is flowing.
+	// Buffers under 32 KiB cost about 30% of bulk throughput
+	// (BenchmarkJoinBulk; shared/NOTES.md, "Where the time goes"), because
 	// every yamux Write is one frame, one encryption record and one
 	// syscall (yamux does not coalesce writes); larger ones only add
 	// allocation.
