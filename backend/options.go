@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
 // Option configures a Backend.
@@ -92,9 +94,13 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithWeight states this backend's weight in every registration: its share
 // of new streams, relative to the other backends of a pool, where the pool
-// uses the weighted strategy. Default 0, which the balancer takes as 1.
+// uses the weighted strategy. Default 0, which the balancer takes as 1; at
+// most wire.MaxWeight (256), which balancers enforce.
 func WithWeight(w uint32) Option {
 	return func(c *config) error {
+		if w > wire.MaxWeight {
+			return fmt.Errorf("backend: weight %d: at most %d", w, wire.MaxWeight)
+		}
 		c.weight = w
 		return nil
 	}

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -42,8 +43,9 @@ type Limits struct {
 	// peer. Default 0.
 	StreamsPerPeer int `yaml:"streams_per_peer"`
 	// NewStreamsPerSecondPerPeer caps the rate of new inbound streams from
-	// one remote peer (a token bucket with a burst of one second's worth).
-	// Default 0.
+	// one remote peer (a token bucket with a burst of one second's worth):
+	// 0 for none, else at least 1, since a bucket that holds less than one
+	// token would refuse every stream. Default 0.
 	NewStreamsPerSecondPerPeer float64 `yaml:"new_streams_per_second_per_peer"`
 }
 
@@ -51,6 +53,16 @@ type Limits struct {
 // otherwise.
 func DefaultLimits() Limits {
 	return Limits{ProtocolsPerRequest: 1024, RoutesPerBackend: 4096}
+}
+
+// check refuses a limit that could only be a mistake. A rate below one new
+// stream per second would refuse every stream forever, since the bucket
+// holds one second's worth and a stream needs a whole token (issue 11).
+func (l Limits) check() error {
+	if r := l.NewStreamsPerSecondPerPeer; r != 0 && (!(r >= 1) || math.IsInf(r, 1)) {
+		return &OptionError{"new streams per second per peer", r, "must be 0 (no limit) or a finite rate of at least 1"}
+	}
+	return nil
 }
 
 // admission counts streams against the balancer-wide and per-remote-peer

@@ -71,7 +71,8 @@ func defaultConfig() config {
 type OptionError struct {
 	// Setting is one of "TTL default", "TTL maximum", "handshake timeout",
 	// "dial timeout", "idle timeout", "probe interval", "health
-	// ejection times" and "dials per second per backend".
+	// ejection times", "dials per second per backend" and "new streams per
+	// second per peer".
 	Setting string
 	// Value is the value refused.
 	Value any
@@ -147,9 +148,13 @@ func WithIdleTimeout(d time.Duration) Option {
 	}
 }
 
-// WithLimits replaces the default Limits.
+// WithLimits replaces the default Limits. It refuses a
+// NewStreamsPerSecondPerPeer that is not 0 or at least 1.
 func WithLimits(l Limits) Option {
 	return func(c *config) error {
+		if err := l.check(); err != nil {
+			return err
+		}
 		c.limits = l
 		return nil
 	}

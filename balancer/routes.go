@@ -154,7 +154,7 @@ func (b *Balancer) addRoutes(be *backendState, req *pb.RoutingRequest, ttl time.
 			r.timer.Reset(ttl)
 		}
 		r.expires = now.Add(ttl)
-		r.weight = max(req.GetWeight(), 1)
+		r.weight = min(max(req.GetWeight(), 1), wire.MaxWeight)
 		touched[proto] = true
 	}
 	return added

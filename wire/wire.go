@@ -31,4 +31,11 @@ const (
 	// MaxProtocolLength is the longest protocol ID either side accepts; the
 	// libp2p multistream-select limit on a protocol name is about 1 KiB too.
 	MaxProtocolLength = 1024
+
+	// MaxWeight is the largest RoutingRequest.weight a balancer honours; a
+	// larger one counts as MaxWeight. Without a cap a backend claiming
+	// 2^32-1 takes all of a weighted pool's new streams (issue 11). 256 is
+	// HAProxy's range: ratios up to 1:256, and no backend claims more than
+	// 256 times the share of a backend of weight 1.
+	MaxWeight = 256
 )

@@ -332,14 +332,15 @@ func (c *Config) balancerOptions() ([]balancer.Option, []peer.ID, error) {
 // settingNames maps the balancer's names of its settings
 // (balancer.OptionError.Setting) to ours.
 var settingNames = map[string]string{
-	"TTL default":                  "ttl-default",
-	"TTL maximum":                  "ttl-max",
-	"handshake timeout":            "handshake-timeout",
-	"dial timeout":                 "dial-timeout",
-	"idle timeout":                 "idle-timeout",
-	"probe interval":               "probe-interval",
-	"health ejection times":        "health: base_ejection..max_ejection",
-	"dials per second per backend": "outbound: dials_per_second_per_backend",
+	"TTL default":                     "ttl-default",
+	"TTL maximum":                     "ttl-max",
+	"handshake timeout":               "handshake-timeout",
+	"dial timeout":                    "dial-timeout",
+	"idle timeout":                    "idle-timeout",
+	"probe interval":                  "probe-interval",
+	"health ejection times":           "health: base_ejection..max_ejection",
+	"dials per second per backend":    "outbound: dials_per_second_per_backend",
+	"new streams per second per peer": "limits: new_streams_per_second_per_peer",
 }
 
 // renamed names a setting the balancer refused as our flag does.

@@ -114,6 +114,7 @@ func TestConfigErrors(t *testing.T) {
 		"probe":        {func(c *daemon.Config) { c.ProbeInterval = -time.Second }, "probe-interval -1s"},
 		"health":       {func(c *daemon.Config) { c.Health.MaxEjection = time.Second }, "base_ejection..max_ejection 10s..1s"},
 		"strategy":     {func(c *daemon.Config) { c.Pools = []daemon.Pool{{Protocol: "/x/1", Strategy: "best"}} }, "pools[0] (/x/1)"},
+		"rate below 1": {func(c *daemon.Config) { c.Limits.NewStreamsPerSecondPerPeer = 0.5 }, "limits: new_streams_per_second_per_peer 0.5"},
 	} {
 		cfg := daemon.DefaultConfig()
 		cfg.Admin = "127.0.0.1:0" // tests run side by side
