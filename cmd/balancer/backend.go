@@ -32,6 +32,8 @@ balancer where to dial the peer:
   --outbound 127.0.0.1:9000=12D3KooW.../chat/1.0.0,/chat/0.9.0
   --outbound 127.0.0.1:9001=/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW.../chat/1.0.0
 On start it prints each outbound listener's address (host:port), one per line.
+An outbound listener is unauthenticated: it must be on loopback unless
+--outbound-public is given.
 
 Give every balancer instance its own --balancer, even when instances share a
 peer ID (one balancer scaled out): the sidecar registers with each. Commas
@@ -46,6 +48,7 @@ to --drain-timeout, and exits 0.`,
 		fs.Var(newList(&balancers), "balancer", "balancer instance to register with: `MULTIADDR` ending in /p2p/PEER_ID,\nor several addresses of one instance joined by commas (repeatable)")
 		fs.Var(newList(&routes), "route", "`PROTOCOL=HOST:PORT`: bridge streams on PROTOCOL to this TCP service (repeatable)")
 		fs.Var(newList(&outbound), "outbound", "`HOST:PORT=[MULTIADDR/p2p/]PEER_ID/PROTO[,/PROTO...]`: listen on HOST:PORT and carry\neach connection to PEER_ID on the first PROTO it accepts (repeatable)")
+		outboundPublic := fs.Bool("outbound-public", false, "allow an --outbound listener off loopback: whoever reaches it speaks as the balancer's peer ID,\nunauthenticated")
 		proxy := fs.Bool("proxy-protocol", false, "start each connection to a --route service with a PROXY protocol v2 header")
 		ttl := fs.Duration("ttl", 0, "route TTL to ask the balancers for (0: their default)")
 		drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long streams in flight may take to finish")
@@ -56,7 +59,7 @@ to --drain-timeout, and exits 0.`,
 			if len(args) > 0 {
 				return fail("backend", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
 			}
-			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout}
+			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout, OutboundPublic: *outboundPublic}
 			for _, s := range balancers {
 				ai, err := sidecar.ParseBalancer(s)
 				if err != nil {

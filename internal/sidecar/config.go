@@ -157,6 +157,11 @@ func (c *Config) Check() error {
 		}
 		seen[r.Protocol] = true
 	}
+	for _, o := range c.Outbound {
+		if err := checkOutboundListen(o.Listen, c.OutboundPublic); err != nil {
+			return err
+		}
+	}
 	return backend.CheckOptions(c.backendOptions()...)
 }
 
@@ -168,4 +173,27 @@ func (c *Config) backendOptions() []backend.Option {
 		opts = append(opts, backend.WithTTL(c.TTL))
 	}
 	return opts
+}
+
+// ErrNotLoopback is returned by Check and Start for an Outbound listener that is not
+// on a loopback address while Config.OutboundPublic is false.
+var ErrNotLoopback = errors.New("not a loopback address")
+
+// checkOutboundListen refuses an outbound listen address off loopback unless
+// public: anyone who can connect to it opens streams under the balancer's
+// peer ID (issue 11). An empty host or 0.0.0.0 listens on every interface,
+// and a host name other than localhost may resolve to anything, so both
+// count as not loopback.
+func checkOutboundListen(addr string, public bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("outbound %s: %w", addr, err)
+	}
+	if public || strings.EqualFold(host, "localhost") {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("outbound %s: %w: anyone who reaches it would open streams as the balancer's peer ID, unauthenticated; listen on 127.0.0.1, or add --outbound-public", addr, ErrNotLoopback)
 }

@@ -54,6 +54,12 @@ type Config struct {
 	Routes []Route
 	// Outbound are local listeners carried out through a balancer.
 	Outbound []Outbound
+	// OutboundPublic allows an Outbound listener on an address that is not
+	// loopback. Whoever reaches an outbound listener speaks to remote
+	// peers as the balancer's peer ID, with no authentication, so by
+	// default only loopback addresses (127.0.0.0/8, ::1, localhost) are
+	// allowed, as for the balancer's admin listener.
+	OutboundPublic bool
 	// ProxyProtocol prepends a PROXY protocol v2 header to every TCP
 	// connection opened for a Route.
 	ProxyProtocol bool
