@@ -107,6 +107,9 @@ to --drain-timeout, and exits 0.`,
 				id, _ := peer.IDFromPrivateKey(key)
 				log.Info("created a new identity", "file", *identity, "peer", id)
 			}
+			if err := keyfile.CheckMode(*identity); err != nil {
+				log.Warn("identity file is open to other users", "err", err)
+			}
 			for _, a := range sc.OutboundAddrs() {
 				fmt.Println(a)
 			}

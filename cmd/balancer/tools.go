@@ -55,6 +55,9 @@ before MULTIADDR.`,
 				if err != nil {
 					return fail("dial", err)
 				}
+				if err := keyfile.CheckMode(*identity); err != nil {
+					fmt.Fprintf(os.Stderr, "balancer dial: warning: %v\n", err)
+				}
 				cfg.Key = key
 			}
 			if *verbose {
@@ -92,6 +95,9 @@ operator can write --allow lines for a backend before starting it.`,
 			}
 			if created {
 				fmt.Fprintf(os.Stderr, "balancer id: created a new identity in %s\n", *identity)
+			}
+			if err := keyfile.CheckMode(*identity); err != nil {
+				fmt.Fprintf(os.Stderr, "balancer id: warning: %v\n", err)
 			}
 			fmt.Println(id)
 			return 0

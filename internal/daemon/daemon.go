@@ -97,6 +97,9 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if created {
 		log.Info("created a new identity", "file", cfg.Identity, "peer", id)
 	}
+	if err := keyfile.CheckMode(cfg.Identity); err != nil {
+		log.Warn("identity file is open to other users", "err", err)
+	}
 	d.logStarted(len(p.backends))
 	if p.tls != nil {
 		log.Info("serving a TLS certificate", "cert", cfg.TLSCert, "subject", p.tls.Leaf().Subject.String(), "not_after", p.tls.NotAfter())

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 )
@@ -102,6 +103,32 @@ func create(path string) (crypto.PrivKey, error) {
 		}
 	}
 	return key, nil
+}
+
+// ErrTooOpen is wrapped by CheckMode's error for a key file that users other
+// than its owner may read or write.
+var ErrTooOpen = errors.New("readable or writable by group or others")
+
+// CheckMode reports a key file whose mode gives group or others any access,
+// as ssh does for a private key (its "UNPROTECTED PRIVATE KEY FILE"): the
+// error wraps ErrTooOpen and says how to fix it. Commands log it as a
+// warning and go on, rather than refuse as ssh does, since container secret
+// mounts are often 0644 or 0444 by default (Kubernetes, Docker) and a
+// refusal there would be an outage. nil when the mode is fine, on Windows
+// (whose permissions file modes do not describe), and for a file that
+// cannot be examined (Load reports that).
+func CheckMode(path string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	if mode := st.Mode().Perm(); mode&0o077 != 0 {
+		return fmt.Errorf("identity file %s: mode %04o: %w; anyone who reads it can act as this peer (chmod 600 %s)", path, mode, ErrTooOpen, path)
+	}
+	return nil
 }
 
 func readSmall(path string) ([]byte, error) {

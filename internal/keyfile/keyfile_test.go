@@ -85,3 +85,24 @@ func TestBadFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckMode: a key file that group or others may read or write is
+// reported, as ssh does; one that only its owner may use is not.
+func TestCheckMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "id.key")
+	if _, _, err := keyfile.LoadOrCreate(path); err != nil {
+		t.Fatal(err)
+	}
+	for mode, open := range map[os.FileMode]bool{0o600: false, 0o400: false, 0o640: true, 0o644: true, 0o604: true, 0o620: true} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		err := keyfile.CheckMode(path)
+		if got := errors.Is(err, keyfile.ErrTooOpen); got != open {
+			t.Errorf("mode %04o: err = %v, want too open %v", mode, err, open)
+		}
+		if open && !strings.Contains(err.Error(), "chmod 600 "+path) {
+			t.Errorf("mode %04o: %v does not say how to fix it", mode, err)
+		}
+	}
+}
