@@ -13,6 +13,11 @@
 //	0xE0  TLVPeerID    the remote peer's ID, as text ("12D3KooW..."), UTF-8
 //	0xE1  TLVProtocol  the libp2p protocol ID the stream was opened on
 //
+// A source over UDP (QUIC) is written as STREAM unless Header.Datagram
+// asks for DGRAM, since nginx ignores the addresses of a DGRAM header; a
+// source with no address of its own (a relayed peer) has none in the
+// header (UNSPEC).
+//
 // A service in any language reads the 16-byte fixed part, then the length
 // it announces, and finds the TLVs after the address block; Read does that
 // in Go.
@@ -49,6 +54,8 @@ const (
 	famUnspec      = 0x00
 	famTCP4        = 0x11 // AF_INET, STREAM
 	famTCP6        = 0x21 // AF_INET6, STREAM
+	transStream    = 0x01 // the low nibble of the family byte
+	transDgram     = 0x02
 	famUnixAddrLen = 216  // AF_UNIX: two 108-byte paths
 
 	fixedLen = 16
@@ -72,6 +79,15 @@ type Header struct {
 	// Destination is the address the client connected to. When it is not
 	// of Source's family, the zero address of that family is written.
 	Destination netip.AddrPort
+	// Datagram marks a Source that reached the proxy over a datagram
+	// transport (QUIC, WebTransport and WebRTC run over UDP): the header
+	// then says DGRAM (0x12, 0x22) instead of STREAM (0x11, 0x21), as the
+	// specification asks. It is a choice, not a default, because nginx
+	// (ngx_proxy_protocol_v2_read) ignores the addresses of any header
+	// whose transport is not STREAM, so a service behind nginx would lose
+	// the client's address. Without Source the header has no address
+	// block and Datagram changes nothing.
+	Datagram bool
 	// PeerID is the remote peer (TLV 0xE0); empty when absent.
 	PeerID peer.ID
 	// Protocol is the libp2p protocol (TLV 0xE1); empty when absent.
@@ -99,6 +115,9 @@ func (h *Header) Append(b []byte) ([]byte, error) {
 			if !dstIP.Is6() {
 				dstIP, dst = netip.IPv6Unspecified(), netip.AddrPort{}
 			}
+		}
+		if h.Datagram {
+			fam = fam&0xF0 | transDgram
 		}
 		body = append(body, srcIP.AsSlice()...)
 		body = append(body, dstIP.AsSlice()...)
@@ -177,6 +196,7 @@ func parse(cmd, fam byte, body []byte) (*Header, error) {
 	default:
 		return nil, fmt.Errorf("proxyproto: unknown command 0x%02X", cmd)
 	}
+	h.Datagram = fam&0x0F == transDgram
 	var addrLen int
 	switch fam >> 4 {
 	case 0:

@@ -23,7 +23,11 @@ and bridges every stream a balancer forwards on a protocol to a new TCP
 connection to that protocol's local service (--route). With
 --proxy-protocol each such connection starts with a PROXY protocol v2 header
 (as HAProxy, nginx and Envoy send) carrying the remote peer's IP and port and,
-in TLV 0xE0, its peer ID as text (TLV 0xE1: the libp2p protocol).
+in TLV 0xE0, its peer ID as text (TLV 0xE1: the libp2p protocol). A remote
+peer over QUIC is written as a TCP (STREAM) source with its UDP port, since
+nginx ignores the addresses of any other kind; --proxy-protocol-dgram marks
+it DGRAM, as the PROXY specification has it. A relayed peer has no address
+in the header (UNSPEC), only its peer ID.
 
 --outbound opens a local TCP listener whose every connection is carried
 through a balancer as a stream to a remote peer, which sees the balancer's
@@ -50,6 +54,7 @@ to --drain-timeout, and exits 0.`,
 		fs.Var(newList(&outbound), "outbound", "`HOST:PORT=[MULTIADDR/p2p/]PEER_ID/PROTO[,/PROTO...]`: listen on HOST:PORT and carry\neach connection to PEER_ID on the first PROTO it accepts (repeatable)")
 		outboundPublic := fs.Bool("outbound-public", false, "allow an --outbound listener off loopback: whoever reaches it speaks as the balancer's peer ID,\nunauthenticated")
 		proxy := fs.Bool("proxy-protocol", false, "start each connection to a --route service with a PROXY protocol v2 header")
+		proxyDgram := fs.Bool("proxy-protocol-dgram", false, "in that header, mark a remote peer over QUIC (UDP) as DGRAM rather than STREAM\n(the PROXY specification's choice; nginx then ignores the addresses)")
 		ttl := fs.Duration("ttl", 0, "route TTL to ask the balancers for (0: their default)")
 		drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long streams in flight may take to finish")
 		dialTimeout := fs.Duration("dial-timeout", sidecar.DefaultDialTimeout, "how long connecting to a --route service may take")
@@ -59,7 +64,7 @@ to --drain-timeout, and exits 0.`,
 			if len(args) > 0 {
 				return fail("backend", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
 			}
-			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout, OutboundPublic: *outboundPublic}
+			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout, OutboundPublic: *outboundPublic, ProxyProtocolDatagram: *proxyDgram}
 			for _, s := range balancers {
 				ai, err := sidecar.ParseBalancer(s)
 				if err != nil {

@@ -63,6 +63,13 @@ type Config struct {
 	// ProxyProtocol prepends a PROXY protocol v2 header to every TCP
 	// connection opened for a Route.
 	ProxyProtocol bool
+	// ProxyProtocolDatagram writes the PROXY header of a remote peer that
+	// reached the balancer over UDP (QUIC, WebTransport, WebRTC) with the
+	// DGRAM transport, as the PROXY specification has it. Off by default:
+	// nginx ignores the addresses of any header that is not STREAM, so
+	// by default such a source is written as STREAM (TCP) with its UDP
+	// port. See proxyproto.Header.Datagram.
+	ProxyProtocolDatagram bool
 	// TTL is the route lifetime asked of the balancers; 0 asks for their
 	// default.
 	TTL time.Duration
@@ -296,7 +303,7 @@ func (s *Sidecar) serveInbound(r Route, str network.Stream, c net.Conn) {
 	log := s.log.With("protocol", r.Protocol, "peer", str.Conn().RemotePeer())
 	tc := tcpStream{c.(*net.TCPConn)}
 	if s.cfg.ProxyProtocol {
-		h := proxyHeader(str, c)
+		h := proxyHeader(str, c, s.cfg.ProxyProtocolDatagram)
 		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.DialTimeout))
 		if _, err := h.WriteTo(c); err != nil {
 			log.Warn("writing PROXY header failed; stream reset", "target", r.Target, "err", err)
@@ -309,12 +316,21 @@ func (s *Sidecar) serveInbound(r Route, str network.Stream, c net.Conn) {
 	s.bridge(log, str, tc)
 }
 
-// proxyHeader describes a forwarded stream for the service.
-func proxyHeader(str network.Stream, service net.Conn) *proxyproto.Header {
+// proxyHeader describes a forwarded stream for the service; datagram says
+// whether a source over UDP is written as DGRAM. A source with no IP and
+// port (a relayed peer, a DNS or unknown address) has no address block
+// (UNSPEC) and is named by its peer ID only.
+func proxyHeader(str network.Stream, service net.Conn, datagram bool) *proxyproto.Header {
+	raddr := str.Conn().RemoteMultiaddr()
 	h := &proxyproto.Header{
-		Source:   addrPort(str.Conn().RemoteMultiaddr()),
+		Source:   addrPort(raddr),
 		PeerID:   str.Conn().RemotePeer(),
 		Protocol: string(str.Protocol()),
+	}
+	if datagram && raddr != nil {
+		_, tcpErr := raddr.ValueForProtocol(ma.P_TCP)
+		_, udpErr := raddr.ValueForProtocol(ma.P_UDP)
+		h.Datagram = tcpErr != nil && udpErr == nil
 	}
 	if ta, ok := service.RemoteAddr().(*net.TCPAddr); ok {
 		h.Destination = ta.AddrPort()
