@@ -54,8 +54,7 @@ const (
 	famUnspec      = 0x00
 	famTCP4        = 0x11 // AF_INET, STREAM
 	famTCP6        = 0x21 // AF_INET6, STREAM
-	transStream    = 0x01 // the low nibble of the family byte
-	transDgram     = 0x02
+	transDgram     = 0x02 // the family byte's low nibble: DGRAM (STREAM is 1)
 	famUnixAddrLen = 216  // AF_UNIX: two 108-byte paths
 
 	fixedLen = 16
