@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -23,6 +24,23 @@ import (
 // headroom absorb a burst of new streams while the lane comes up.
 const laneHeadroom = 64
 
+// DefaultMaxLanes is how many lanes a backend opens to one balancer at most,
+// unless WithLaneLimits says otherwise. With the backend host's own connection
+// that is 81 QUIC connections, 20,736 concurrent forwarded streams per
+// direction (81 × 256): the scale target of 20,000 streams through one
+// backend, with the 64 streams of headroom. Each lane is a whole host (a
+// resource manager, a peerstore, a UDP socket and their goroutines), so
+// without a cap a burst of remote streams could make a backend open hosts
+// without end (issue 11).
+const DefaultMaxLanes = 80
+
+// DefaultLaneIdleTimeout is how long a lane may carry no stream before the
+// backend closes it, unless WithLaneLimits says otherwise. Streams go to the
+// connection with the most room, so a lane is idle only when traffic has
+// fallen well below what the other connections hold; a minute keeps lanes
+// across short lulls, and reopening one costs a QUIC handshake.
+const DefaultLaneIdleTimeout = time.Minute
+
 // lanes are extra QUIC connections from this backend to one balancer.
 //
 // go-libp2p's QUIC transport caps each connection at 256 concurrent streams
@@ -31,13 +49,27 @@ const laneHeadroom = 64
 // sees one more connection from the same backend peer and spreads forward
 // streams over all of them (package link). A lane serves only the forward
 // protocol, with the same handlers as the backend's host.
+//
+// There are at most cfg.maxLanes. A lane whose connection to the balancer
+// closed (a balancer restart, dropConns) is closed at once, and one that
+// carried no stream for cfg.laneIdle is closed by the reaper goroutine,
+// which runs while there is a lane.
 type lanes struct {
 	s *session
+	// deadC wakes the reaper when a lane's connection closes.
+	deadC chan struct{}
 
 	mu      sync.Mutex
-	hosts   []host.Host
+	hosts   []*lane
 	growing bool
+	reaping bool // the reaper goroutine runs
 	closed  bool
+}
+
+// lane is one extra host and when it last became idle.
+type lane struct {
+	h         host.Host
+	idleSince time.Time // zero while it carries streams
 }
 
 // conns returns every connection to the balancer: the backend host's and
@@ -46,15 +78,22 @@ func (l *lanes) conns() []network.Conn {
 	cs := l.s.b.h.Network().ConnsToPeer(l.s.ai.ID)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, h := range l.hosts {
-		cs = append(cs, h.Network().ConnsToPeer(l.s.ai.ID)...)
+	for _, ln := range l.hosts {
+		cs = append(cs, ln.h.Network().ConnsToPeer(l.s.ai.ID)...)
 	}
 	return cs
 }
 
+// count returns the number of lanes open.
+func (l *lanes) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.hosts)
+}
+
 // check opens one more lane, in the background, when the QUIC connections
 // to the balancer run short of room in either direction. It does nothing
-// while any uncapped (TCP) connection exists.
+// while any uncapped (TCP) connection exists, or at the cap.
 func (l *lanes) check() {
 	if !l.s.b.cfg.lanes {
 		return
@@ -89,7 +128,7 @@ func (l *lanes) check() {
 		return
 	}
 	l.mu.Lock()
-	if l.growing || l.closed {
+	if l.growing || l.closed || len(l.hosts) >= l.s.b.cfg.maxLanes {
 		l.mu.Unlock()
 		return
 	}
@@ -134,6 +173,15 @@ func (l *lanes) grow(addr ma.Multiaddr) error {
 		return err
 	}
 	h.SetStreamHandler(wire.ForwardID, b.handleForward)
+	// Before the dial, so that a connection that dies at once is seen.
+	h.Network().Notify(&network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
+		if c.RemotePeer() == l.s.ai.ID && len(n.ConnsToPeer(l.s.ai.ID)) == 0 {
+			select {
+			case l.deadC <- struct{}{}:
+			default:
+			}
+		}
+	}})
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.handshakeTimeout)
 	defer cancel()
 	if err := h.Connect(ctx, peer.AddrInfo{ID: l.s.ai.ID, Addrs: []ma.Multiaddr{addr}}); err != nil {
@@ -147,9 +195,89 @@ func (l *lanes) grow(addr ma.Multiaddr) error {
 		h.Close()
 		return nil
 	}
-	l.hosts = append(l.hosts, h)
+	l.hosts = append(l.hosts, &lane{h: h})
 	b.log.Info("lane opened", "balancer", l.s.ai.ID, "lanes", len(l.hosts))
+	if !l.reaping {
+		// grow runs on a goroutine counted in b.wg, so this Add cannot
+		// race with Close's Wait.
+		l.reaping = true
+		b.wg.Add(1)
+		go l.reap()
+	}
 	return nil
+}
+
+// reap closes dead lanes as soon as deadC says one died, and idle ones on a
+// tick. It returns when no lane is left or the backend closes.
+func (l *lanes) reap() {
+	defer l.s.b.wg.Done()
+	var tick <-chan time.Time
+	if idle := l.s.b.cfg.laneIdle; idle > 0 {
+		t := time.NewTicker(max(idle/4, 10*time.Millisecond))
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-l.s.b.ctx.Done():
+			return // Close closes the lanes
+		case <-l.deadC:
+		case <-tick:
+		}
+		if !l.sweep() {
+			return
+		}
+	}
+}
+
+// sweep closes the lanes with no connection to the balancer and those idle
+// for cfg.laneIdle, and says whether any lane is left; when none is, the
+// reaper stops, and the next lane starts it again.
+func (l *lanes) sweep() bool {
+	idle := l.s.b.cfg.laneIdle
+	now := time.Now()
+	var dead, idled []host.Host
+	l.mu.Lock()
+	keep := l.hosts[:0]
+	for _, ln := range l.hosts {
+		open, streams := 0, 0
+		for _, c := range ln.h.Network().ConnsToPeer(l.s.ai.ID) {
+			if !c.IsClosed() {
+				open++
+				streams += len(c.GetStreams())
+			}
+		}
+		switch {
+		case open == 0:
+			dead = append(dead, ln.h)
+			continue
+		case streams > 0:
+			ln.idleSince = time.Time{}
+		case ln.idleSince.IsZero():
+			ln.idleSince = now
+		case idle > 0 && now.Sub(ln.idleSince) >= idle:
+			idled = append(idled, ln.h)
+			continue
+		}
+		keep = append(keep, ln)
+	}
+	clear(l.hosts[len(keep):])
+	l.hosts = keep
+	left := len(keep)
+	if left == 0 {
+		l.reaping = false
+	}
+	l.mu.Unlock()
+	for _, h := range dead {
+		h.Close()
+	}
+	for _, h := range idled {
+		h.Close()
+	}
+	if len(dead)+len(idled) > 0 {
+		l.s.b.log.Info("lanes closed", "balancer", l.s.ai.ID, "dead", len(dead), "idle", len(idled), "lanes", left)
+	}
+	return left > 0
 }
 
 func (s *session) closeLanes() {
@@ -158,7 +286,7 @@ func (s *session) closeLanes() {
 	s.lanes.hosts = nil
 	s.lanes.closed = true
 	s.lanes.mu.Unlock()
-	for _, h := range hosts {
-		h.Close()
+	for _, ln := range hosts {
+		ln.h.Close()
 	}
 }

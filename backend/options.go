@@ -17,6 +17,8 @@ type config struct {
 	backoffMin       time.Duration
 	backoffMax       time.Duration
 	lanes            bool
+	maxLanes         int
+	laneIdle         time.Duration
 	weight           uint32
 	keepalive        time.Duration
 	log              *slog.Logger
@@ -29,6 +31,8 @@ func defaultConfig() config {
 		backoffMin:       100 * time.Millisecond,
 		backoffMax:       30 * time.Second,
 		lanes:            true,
+		maxLanes:         DefaultMaxLanes,
+		laneIdle:         DefaultLaneIdleTimeout,
 		keepalive:        5 * time.Second,
 		log:              slog.Default(),
 	}
@@ -80,6 +84,22 @@ func WithBackoff(min, max time.Duration) Option {
 func WithLanes(on bool) Option {
 	return func(c *config) error {
 		c.lanes = on
+		return nil
+	}
+}
+
+// WithLaneLimits bounds the lanes to each balancer: at most max of them
+// (default DefaultMaxLanes, 80: with the host's own connection, 20,736
+// concurrent streams per direction), each closed once it has carried no
+// stream for idle (default DefaultLaneIdleTimeout, a minute; 0 keeps idle
+// lanes). A lane whose connection closed is closed at once whatever these
+// say. max 0 means no lanes, as WithLanes(false).
+func WithLaneLimits(max int, idle time.Duration) Option {
+	return func(c *config) error {
+		if max < 0 || idle < 0 {
+			return fmt.Errorf("backend: lane limits %d, %v: must not be negative", max, idle)
+		}
+		c.maxLanes, c.laneIdle = max, idle
 		return nil
 	}
 }

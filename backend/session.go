@@ -46,6 +46,7 @@ type Status struct {
 	Expires    time.Time     // when those routes lapse unless extended
 	LastError  error         // the last failure, nil after a success
 	Registered time.Time     // the last successful exchange
+	Lanes      int           // extra QUIC connections open to the balancer (WithLaneLimits)
 }
 
 func newSession(b *Backend, ai peer.AddrInfo) *session {
@@ -56,7 +57,7 @@ func newSession(b *Backend, ai peer.AddrInfo) *session {
 		releases: map[protocol.ID]bool{},
 		status:   Status{Balancer: ai.ID},
 	}
-	s.lanes = &lanes{s: s}
+	s.lanes = &lanes{s: s, deadC: make(chan struct{}, 1)}
 	return s
 }
 
@@ -265,6 +266,7 @@ func (s *session) snapshot() Status {
 	defer s.mu.Unlock()
 	st := s.status
 	st.Protocols = append([]protocol.ID(nil), st.Protocols...)
+	st.Lanes = s.lanes.count()
 	return st
 }
 

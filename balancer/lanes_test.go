@@ -1,0 +1,207 @@
+package balancer_test
+
+import (
+	"context"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+)
+
+// holder is a backend handler that holds every stream open until release,
+// counting arrivals.
+type holder struct {
+	arrived atomic.Int64
+	mu      sync.Mutex
+	release chan struct{}
+}
+
+func newHolder() *holder { return &holder{release: make(chan struct{})} }
+
+func (h *holder) handle(s network.Stream) {
+	// Read what the remote peer sent, up to its half-close: closing a
+	// stream with unread data would reset it.
+	_ = s.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.ReadAll(s); err != nil {
+		s.Reset()
+		return
+	}
+	h.arrived.Add(1)
+	h.mu.Lock()
+	ch := h.release
+	h.mu.Unlock()
+	select {
+	case <-ch:
+		s.Close()
+	case <-time.After(60 * time.Second):
+		s.Reset()
+	}
+}
+
+// let ends the streams held so far; later ones are held until the next let.
+func (h *holder) let() {
+	h.mu.Lock()
+	close(h.release)
+	h.release = make(chan struct{})
+	h.mu.Unlock()
+}
+
+// burst opens n streams on proto at once from peers new to lb, spread over
+// them (the resource manager lets one remote peer hold only about 64 inbound
+// streams of one protocol, and QUIC 256 per connection), and waits until the
+// backend holds all of them. each is called at every arrival. The returned
+// function waits for the streams to end after h.let.
+func burst(t *testing.T, lb host.Host, proto protocol.ID, h *holder, n int, each func()) (wait func()) {
+	t.Helper()
+	const perPeer = 50
+	var ds []host.Host
+	for i := 0; i < n; i += perPeer {
+		d := testnet.NewHost(t, testnet.QUIC, testnet.Options{NoListen: true})
+		testnet.Connect(t, d, lb)
+		waitServed(t, d, lb.ID(), true, proto)
+		ds = append(ds, d)
+	}
+	base := h.arrived.Load()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			s, err := ds[i/perPeer].NewStream(ctx, lb.ID(), proto)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer s.Close()
+			_ = s.SetDeadline(time.Now().Add(60 * time.Second))
+			if _, err := s.Write([]byte{1}); err != nil {
+				errs <- err
+				return
+			}
+			if err := s.CloseWrite(); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := io.ReadAll(s); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	testnet.Eventually(t, 60*time.Second, func() bool {
+		each()
+		select {
+		case err := <-errs:
+			t.Fatalf("a stream of the burst failed: %v", err)
+		default:
+		}
+		return h.arrived.Load()-base == int64(n)
+	}, "%d streams held by the backend", n)
+	return func() {
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("a stream of the burst failed: %v", err)
+		}
+	}
+}
+
+// TestLanesCappedAndReclaimed: a burst of remote streams over QUIC makes the
+// backend open lanes, never more than its cap, and once the burst is over
+// the idle lanes are closed.
+func TestLanesCappedAndReclaimed(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.QUIC, []identity{a})
+	const proto protocol.ID = "/test/lanes"
+	h := newHolder()
+	// One lane at most: 512 streams per direction. 500 held streams leave
+	// less than the 64 of headroom, so without the cap a second lane opens.
+	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: h.handle},
+		backend.WithLaneLimits(1, 300*time.Millisecond))
+	waitRegistered(t, be, proto)
+	most := 0
+	wait := burst(t, f.host, proto, h, 500, func() {
+		most = max(most, len(f.host.Network().ConnsToPeer(a.id)))
+	})
+	if lanes := be.Status()[0].Lanes; lanes != 1 || most > 2 {
+		t.Fatalf("%d lanes, and the balancer saw up to %d connections from the backend; want 1 lane, 2 connections", lanes, most)
+	}
+	h.let()
+	wait()
+	testnet.Eventually(t, 10*time.Second, func() bool {
+		return be.Status()[0].Lanes == 0 && len(f.host.Network().ConnsToPeer(a.id)) == 1
+	}, "the idle lane to close (lanes %d)", be.Status()[0].Lanes)
+}
+
+// TestLanesAfterBalancerRestart: when the balancer restarts, the lanes to
+// it die with it and are closed at once, not kept (idle lanes are kept
+// here, so only their death can close them); the backend registers with the
+// new balancer and opens new lanes for the next burst.
+func TestLanesAfterBalancerRestart(t *testing.T) {
+	a := newIdentity(t)
+	lbKey, _ := testnet.Key(t)
+	startLB := func(listen string) (host.Host, *balancer.Balancer) {
+		o := testnet.Options{Key: lbKey, LinkPeers: []peer.ID{a.id}}
+		if listen != "" {
+			o.NoListen = true
+			o.Extra = []libp2p.Option{libp2p.ListenAddrStrings(listen)}
+		}
+		lh := testnet.NewHost(t, testnet.QUIC, o)
+		lb, err := balancer.New(lh, balancer.WithAllow(a.id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lb.Close() })
+		return lh, lb
+	}
+	lh, lb := startLB("")
+	const proto protocol.ID = "/test/lanes"
+	h := newHolder()
+	bh := testnet.NewHost(t, testnet.QUIC, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lh.ID()}, NoListen: true})
+	be, err := backend.New(bh, []peer.AddrInfo{testnet.Info(lh)}, backend.WithLaneLimits(backend.DefaultMaxLanes, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	be.SetStreamHandler(proto, h.handle)
+	waitRegistered(t, be, proto)
+	// 300 streams need one lane: one connection holds 256, less 64 of
+	// headroom.
+	wait := burst(t, lh, proto, h, 300, func() {})
+	h.let()
+	wait()
+	if n := be.Status()[0].Lanes; n != 1 {
+		t.Fatalf("%d lanes after 300 streams, want 1", n)
+	}
+
+	addr := lh.Addrs()[0].String()
+	lb.Close()
+	lh.Close()
+	testnet.Eventually(t, 5*time.Second, func() bool { return be.Status()[0].Lanes == 0 },
+		"the dead lane to be closed (lanes %d)", be.Status()[0].Lanes)
+
+	lh, _ = startLB(addr)
+	testnet.Eventually(t, 20*time.Second, func() bool {
+		st := be.Status()[0]
+		return st.Connected && len(st.Protocols) == 1 && len(lh.Network().ConnsToPeer(a.id)) > 0
+	}, "the backend registered with the restarted balancer")
+	wait = burst(t, lh, proto, h, 300, func() {})
+	if n := be.Status()[0].Lanes; n != 1 {
+		t.Fatalf("%d lanes after 300 streams through the restarted balancer, want 1", n)
+	}
+	h.let()
+	wait()
+}
