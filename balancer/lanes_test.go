@@ -124,13 +124,15 @@ func burst(t *testing.T, lb host.Host, proto protocol.ID, h *holder, n int, each
 // the idle lanes are closed.
 func TestLanesCappedAndReclaimed(t *testing.T) {
 	a := newIdentity(t)
-	f := newFixture(t, testnet.QUIC, []identity{a})
+	// Long handshake timeouts: a burst of 500 streams under -race on a
+	// loaded machine must not be refused for slowness.
+	f := newFixture(t, testnet.QUIC, []identity{a}, balancer.WithHandshakeTimeout(30*time.Second))
 	const proto protocol.ID = "/test/lanes"
 	h := newHolder()
 	// One lane at most: 512 streams per direction. 500 held streams leave
 	// less than the 64 of headroom, so without the cap a second lane opens.
 	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: h.handle},
-		backend.WithLaneLimits(1, 300*time.Millisecond))
+		backend.WithLaneLimits(1, 300*time.Millisecond), backend.WithHandshakeTimeout(30*time.Second))
 	waitRegistered(t, be, proto)
 	most := 0
 	wait := burst(t, f.host, proto, h, 500, func() {
@@ -160,7 +162,7 @@ func TestLanesAfterBalancerRestart(t *testing.T) {
 			o.Extra = []libp2p.Option{libp2p.ListenAddrStrings(listen)}
 		}
 		lh := testnet.NewHost(t, testnet.QUIC, o)
-		lb, err := balancer.New(lh, balancer.WithAllow(a.id))
+		lb, err := balancer.New(lh, balancer.WithAllow(a.id), balancer.WithHandshakeTimeout(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,7 +173,8 @@ func TestLanesAfterBalancerRestart(t *testing.T) {
 	const proto protocol.ID = "/test/lanes"
 	h := newHolder()
 	bh := testnet.NewHost(t, testnet.QUIC, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lh.ID()}, NoListen: true})
-	be, err := backend.New(bh, []peer.AddrInfo{testnet.Info(lh)}, backend.WithLaneLimits(backend.DefaultMaxLanes, 0))
+	be, err := backend.New(bh, []peer.AddrInfo{testnet.Info(lh)}, backend.WithLaneLimits(backend.DefaultMaxLanes, 0),
+		backend.WithHandshakeTimeout(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
