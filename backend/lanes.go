@@ -98,33 +98,8 @@ func (l *lanes) check() {
 	if !l.s.b.cfg.lanes {
 		return
 	}
-	conns := l.conns()
-	if len(conns) == 0 {
-		return
-	}
-	var quic network.Conn
-	inRoom, outRoom := 0, 0
-	for _, c := range conns {
-		if c.IsClosed() {
-			continue
-		}
-		limit := link.StreamCap(c)
-		if limit == 0 {
-			return
-		}
-		quic = c
-		in, out := 0, 0
-		for _, st := range c.GetStreams() {
-			if st.Stat().Direction == network.DirInbound {
-				in++
-			} else {
-				out++
-			}
-		}
-		inRoom += limit - in
-		outRoom += limit - out
-	}
-	if quic == nil || min(inRoom, outRoom) >= laneHeadroom {
+	inRoom, outRoom, uncapped, quic := room(l.conns())
+	if uncapped || quic == nil || min(inRoom, outRoom) >= laneHeadroom {
 		return
 	}
 	l.mu.Lock()
@@ -146,6 +121,32 @@ func (l *lanes) check() {
 			l.s.b.log.Warn("opening a lane failed", "balancer", l.s.ai.ID, "err", err)
 		}
 	}()
+}
+
+// room adds up the room left on the open connections among conns, in
+// streams per direction. uncapped says one of them has no cap (TCP), and
+// quic is one of the capped ones, nil when there is none.
+func room(conns []network.Conn) (in, out int, uncapped bool, quic network.Conn) {
+	for _, c := range conns {
+		if c.IsClosed() {
+			continue
+		}
+		limit := link.StreamCap(c)
+		if limit == 0 {
+			uncapped = true
+			continue
+		}
+		quic = c
+		in, out = in+limit, out+limit
+		for _, st := range c.GetStreams() {
+			if st.Stat().Direction == network.DirInbound {
+				in--
+			} else {
+				out--
+			}
+		}
+	}
+	return in, out, uncapped, quic
 }
 
 // grow starts a lane host and connects it to the balancer at addr.
@@ -232,12 +233,20 @@ func (l *lanes) reap() {
 
 // sweep closes the lanes with no connection to the balancer and those idle
 // for cfg.laneIdle, and says whether any lane is left; when none is, the
-// reaper stops, and the next lane starts it again.
+// reaper stops, and the next lane starts it again. An idle lane stays while
+// the other connections would be left with less than laneHeadroom of room:
+// check would only open it again, and a lane that just opened for a burst
+// may be idle for a moment before the streams that needed it arrive.
 func (l *lanes) sweep() bool {
 	idle := l.s.b.cfg.laneIdle
 	now := time.Now()
 	var dead, idled []host.Host
+	all := l.s.b.h.Network().ConnsToPeer(l.s.ai.ID)
 	l.mu.Lock()
+	for _, ln := range l.hosts {
+		all = append(all, ln.h.Network().ConnsToPeer(l.s.ai.ID)...)
+	}
+	inRoom, outRoom, uncapped, _ := room(all)
 	keep := l.hosts[:0]
 	for _, ln := range l.hosts {
 		open, streams := 0, 0
@@ -256,8 +265,12 @@ func (l *lanes) sweep() bool {
 		case ln.idleSince.IsZero():
 			ln.idleSince = now
 		case idle > 0 && now.Sub(ln.idleSince) >= idle:
-			idled = append(idled, ln.h)
-			continue
+			in, out, _, _ := room(ln.h.Network().ConnsToPeer(l.s.ai.ID))
+			if uncapped || min(inRoom-in, outRoom-out) >= laneHeadroom {
+				inRoom, outRoom = inRoom-in, outRoom-out
+				idled = append(idled, ln.h)
+				continue
+			}
 		}
 		keep = append(keep, ln)
 	}
