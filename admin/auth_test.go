@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 const token = "0123456789abcdef0123456789abcdef"
@@ -95,8 +96,8 @@ func TestServerClose(t *testing.T) {
 // TestToken checks the bearer token, the browser login and the probes that
 // stay open, and that the token is never logged.
 func TestToken(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, []identity{a}, token)
+	a := lbtest.NewIdentity(t)
+	f := newFixture(t, []lbtest.Identity{a}, token)
 	logs := f.logs
 	base := f.srv.URL()
 
@@ -140,7 +141,7 @@ func TestToken(t *testing.T) {
 	// A browser gets the login form, posts the token and gets in with a
 	// cookie that is not the token.
 	code, body := get("/", "")
-	if code != http.StatusUnauthorized || !strings.Contains(body, `action="/login"`) || strings.Contains(body, f.host.ID().String()) {
+	if code != http.StatusUnauthorized || !strings.Contains(body, `action="/login"`) || strings.Contains(body, f.Host.ID().String()) {
 		t.Fatalf("/ without token: %d, want the login form and no data:\n%s", code, body)
 	}
 	jar, _ := cookiejar.New(nil)
@@ -154,7 +155,7 @@ func TestToken(t *testing.T) {
 		t.Errorf("login with a wrong token: %d", code)
 	}
 	code, body = post(token) // follows the redirect to /
-	if code != http.StatusOK || !strings.Contains(body, f.host.ID().String()) {
+	if code != http.StatusOK || !strings.Contains(body, f.Host.ID().String()) {
 		t.Fatalf("after login: %d, want the status page", code)
 	}
 	u, _ := url.Parse(base)

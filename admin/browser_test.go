@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/chromium"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // TestBrowser loads the status page in a real headless Chromium, driven
@@ -23,19 +24,19 @@ import (
 //
 // Set ADMIN_SCREENSHOT=file.png to save what the page looks like.
 func TestBrowser(t *testing.T) {
-	a, b := newIdentity(t), newIdentity(t)
-	f := newFixture(t, []identity{a, b}, "")
-	f.newBackend(a, map[protocol.ID]network.StreamHandler{protoA1: echo})
-	testnet.Eventually(t, 10*time.Second, func() bool { return len(f.lb.Routes()) == 1 }, "A registered")
+	a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := newFixture(t, []lbtest.Identity{a, b}, "")
+	f.NewBackend(a, map[protocol.ID]network.StreamHandler{protoA1: testnet.Echo})
+	testnet.Eventually(t, 10*time.Second, func() bool { return len(f.LB.Routes()) == 1 }, "A registered")
 	// Traffic and a refusal, so that the page has numbers and events.
-	d := f.newPeer()
+	d := f.NewPeer()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := d.NewStream(ctx, f.host.ID(), protoA1)
+	s, err := d.NewStream(ctx, f.Host.ID(), protoA1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := roundTrip(s, randomBytes(64<<10)); err != nil {
+	if err := testnet.RoundTrip(s, testnet.RandomBytes(64<<10)); err != nil {
 		t.Fatal(err)
 	}
 	f.events.StreamRefused(balancer.Refusal{Direction: balancer.Inbound, Reason: balancer.ReasonLimit, Protocol: protoA1, Requested: protoA1,
@@ -53,7 +54,7 @@ func TestBrowser(t *testing.T) {
 		"the page shows the pool of %s", protoA1)
 	var text string
 	page.Eval(t, `document.body.innerText`, &text)
-	for _, want := range []string{f.host.ID().String(), "least-streams", "serving", "refused", "limit", "per-peer limit of 10"} {
+	for _, want := range []string{f.Host.ID().String(), "least-streams", "serving", "refused", "limit", "per-peer limit of 10"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the page does not show %q:\n%s", want, text)
 		}
@@ -67,7 +68,7 @@ func TestBrowser(t *testing.T) {
 	// refresh, not from a reload.
 	page.Eval(t, `window.__sameDocument = true`, nil)
 
-	f.newBackend(b, map[protocol.ID]network.StreamHandler{protoB1: echo})
+	f.NewBackend(b, map[protocol.ID]network.StreamHandler{protoB1: testnet.Echo})
 	testnet.Eventually(t, 30*time.Second, func() bool { return slices.Contains(protocols(), string(protoB1)) },
 		"the page shows the pool of %s after B registered; it shows %v", protoB1, protocols())
 	var same bool

@@ -18,6 +18,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
@@ -28,12 +29,12 @@ import (
 // Backend B opens one stream to E through the balancer.
 type scenario struct {
 	*fixture
-	a, b, stranger identity
+	a, b, stranger lbtest.Identity
 	remote         peer.ID // D, the remote peer whose stream A refused
 }
 
 // Payload sizes: each stream carries its payload to the backend and the
-// same back (echo).
+// same back (testnet.Echo).
 var (
 	inboundSizes = []int{1000, 2000, 3000}
 	outboundSize = 5000
@@ -41,41 +42,41 @@ var (
 
 func runScenario(t *testing.T) *scenario {
 	t.Helper()
-	a, b, stranger := newIdentity(t), newIdentity(t), newIdentity(t)
-	f := newFixture(t, []identity{a, b}, "")
+	a, b, stranger := lbtest.NewIdentity(t), lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := newFixture(t, []lbtest.Identity{a, b}, "")
 
 	sa := f.newScriptedBackend(a, func(n int32) bool { return n == 4 })
-	if st := register(t, sa.host, f.host.ID(), protoA1); st != pb.Status_OK {
+	if st := register(t, sa.host, f.Host.ID(), protoA1); st != pb.Status_OK {
 		t.Fatalf("A's registration: %v", st)
 	}
-	s := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: stranger.key, NoListen: true})
-	testnet.Connect(t, s, f.host)
-	if st := register(t, s, f.host.ID(), protoA1); st != pb.Status_PERMISSION_DENIED {
+	s := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: stranger.Key, NoListen: true})
+	testnet.Connect(t, s, f.Host)
+	if st := register(t, s, f.Host.ID(), protoA1); st != pb.Status_PERMISSION_DENIED {
 		t.Fatalf("stranger's registration: %v, want PERMISSION_DENIED", st)
 	}
 
-	d := f.newPeer()
+	d := f.NewPeer()
 	open := func() network.Stream {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		st, err := d.NewStream(ctx, f.host.ID(), protoA1)
+		st, err := d.NewStream(ctx, f.Host.ID(), protoA1)
 		if err != nil {
 			t.Fatalf("D opens %s: %v", protoA1, err)
 		}
 		return st
 	}
 	for _, n := range inboundSizes {
-		if err := roundTrip(open(), randomBytes(n)); err != nil {
+		if err := testnet.RoundTrip(open(), testnet.RandomBytes(n)); err != nil {
 			t.Fatalf("inbound stream of %d bytes: %v", n, err)
 		}
 	}
-	if err := roundTrip(open(), randomBytes(10)); err == nil {
+	if err := testnet.RoundTrip(open(), testnet.RandomBytes(10)); err == nil {
 		t.Fatal("the stream A refuses went through")
 	}
 
-	beB, bHost := f.newBackend(b, nil)
+	beB, bHost := f.NewBackend(b, nil)
 	e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
-	e.SetStreamHandler(protoB1, echo)
+	e.SetStreamHandler(protoB1, testnet.Echo)
 	bHost.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -83,13 +84,13 @@ func runScenario(t *testing.T) *scenario {
 	if err != nil {
 		t.Fatalf("B opens a stream to E: %v", err)
 	}
-	if err := roundTrip(out, randomBytes(outboundSize)); err != nil {
+	if err := testnet.RoundTrip(out, testnet.RandomBytes(outboundSize)); err != nil {
 		t.Fatalf("outbound stream: %v", err)
 	}
 
 	// The balancer reports a stream's end before it stops counting the
 	// stream as active.
-	testnet.Eventually(t, 10*time.Second, func() bool { return f.lb.ActiveStreams() == 0 }, "no stream in flight")
+	testnet.Eventually(t, 10*time.Second, func() bool { return f.LB.ActiveStreams() == 0 }, "no stream in flight")
 	return &scenario{fixture: f, a: a, b: b, stranger: stranger, remote: d.ID()}
 }
 
@@ -158,7 +159,7 @@ func series(mfs map[string]*dto.MetricFamily, name string, want map[string]strin
 
 func checkMetrics(t *testing.T, sc *scenario) {
 	mfs := scrape(t, sc.srv.URL()+"/metrics")
-	a, b := sc.a.id.String(), sc.b.id.String()
+	a, b := sc.a.ID.String(), sc.b.ID.String()
 	var in, out float64
 	for _, n := range inboundSizes {
 		in += float64(n)
@@ -237,7 +238,7 @@ func checkAPI(t *testing.T, sc *scenario) {
 		t.Fatalf("routes: %+v, want one", routes)
 	}
 	r := routes[0]
-	if r.Protocol != string(protoA1) || r.Backend != sc.a.id.String() || r.Strategy != "least-streams" || r.Sticky ||
+	if r.Protocol != string(protoA1) || r.Backend != sc.a.ID.String() || r.Strategy != "least-streams" || r.Sticky ||
 		!r.Connected || r.Ejected || r.Weight != 1 || r.ActiveStreams != 0 {
 		t.Errorf("route: %+v", r)
 	}
@@ -263,7 +264,7 @@ func checkAPI(t *testing.T, sc *scenario) {
 	for _, n := range inboundSizes {
 		in += int64(n)
 	}
-	a, b := byID[sc.a.id.String()], byID[sc.b.id.String()]
+	a, b := byID[sc.a.ID.String()], byID[sc.b.ID.String()]
 	if !a.Connected || !a.Healthy || a.BytesTo != in || a.BytesFrom != in || a.Streams != 0 ||
 		!slices.Equal(a.Protocols, []string{string(protoA1)}) || len(a.Addrs) == 0 {
 		t.Errorf("backend A: %+v", a)
@@ -277,7 +278,7 @@ func checkAPI(t *testing.T, sc *scenario) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.PeerID != sc.host.ID().String() || len(st.Addrs) == 0 || !st.Ready || st.Routes != 1 || st.Protocols != 1 ||
+	if st.PeerID != sc.Host.ID().String() || len(st.Addrs) == 0 || !st.Ready || st.Routes != 1 || st.Protocols != 1 ||
 		st.Backends != 2 || st.BackendsConnected != 2 || st.BackendsEjected != 0 || st.ActiveStreams != 0 ||
 		st.BytesTo != in+int64(outboundSize) || st.BytesFrom != in+int64(outboundSize) {
 		t.Errorf("status: %+v", st)
@@ -295,7 +296,7 @@ func checkAPI(t *testing.T, sc *scenario) {
 	want := []admin.Event{
 		{Kind: admin.KindStreamRefused, Direction: "inbound", Protocol: string(protoA1), Peer: sc.remote.String(),
 			Reason: "refused by backends", Detail: "backends tried: 1"},
-		{Kind: admin.KindRegistrationRefused, Peer: sc.stranger.id.String(), Reason: "PERMISSION_DENIED"},
+		{Kind: admin.KindRegistrationRefused, Peer: sc.stranger.ID.String(), Reason: "PERMISSION_DENIED"},
 	}
 	if len(events) != len(want) {
 		t.Fatalf("events: %+v, want %+v", events, want)
@@ -320,13 +321,13 @@ func checkPrint(t *testing.T, sc *scenario) {
 	out := buf.String()
 	t.Logf("balancer status:\n%s", out)
 	for _, want := range []string{
-		"Balancer   " + sc.host.ID().String(),
+		"Balancer   " + sc.Host.ID().String(),
 		"Ready      yes",
 		"Routes     1 route on 1 protocol",
 		"Backends   2 of 2 connected, 0 ejected",
 		"PROTOCOL",
-		string(protoA1) + "  least-streams  " + sc.a.id.String() + "  serving",
-		sc.b.id.String() + "  yes",
+		string(protoA1) + "  least-streams  " + sc.a.ID.String() + "  serving",
+		sc.b.ID.String() + "  yes",
 		"5.9 KiB", // A: 6000 bytes each way
 		"refused by backends: backends tried: 1",
 		sc.remote.String(),
@@ -358,7 +359,7 @@ func checkProbes(t *testing.T, sc *scenario) {
 	// stays alive.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := sc.lb.Shutdown(ctx); err != nil {
+	if err := sc.LB.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "not serving") {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -23,21 +24,21 @@ import (
 // TestCannotReleaseOthersRoutes: a backend's release names only its own
 // routes; another backend's route of the same protocol stays.
 func TestCannotReleaseOthersRoutes(t *testing.T) {
-	a, b := newIdentity(t), newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a, b})
-	lbID := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, ah, f.host)
-	testnet.Connect(t, bh, f.host)
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/mine"}}); resp.Status != pb.Status_OK {
+	a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a, b})
+	lbID := f.Host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.Key, LinkPeers: []peer.ID{lbID}})
+	testnet.Connect(t, ah, f.Host)
+	testnet.Connect(t, bh, f.Host)
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/mine"}}); resp.Status != pb.Status_OK {
 		t.Fatal(resp)
 	}
-	if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Release: []string{"/mine"}}); resp.Status != pb.Status_OK || len(resp.Protocols) != 0 {
+	if resp := lbtest.RawRequest(t, bh, lbID, &pb.RoutingRequest{Release: []string{"/mine"}}); resp.Status != pb.Status_OK || len(resp.Protocols) != 0 {
 		t.Fatalf("release of another backend's route: %v", resp)
 	}
-	routes := f.lb.Routes()
-	if len(routes) != 1 || routes[0].Backend != a.id || routes[0].Protocol != "/mine" {
+	routes := f.LB.Routes()
+	if len(routes) != 1 || routes[0].Backend != a.ID || routes[0].Protocol != "/mine" {
 		t.Fatalf("routes after the foreign release: %+v", routes)
 	}
 }
@@ -45,11 +46,11 @@ func TestCannotReleaseOthersRoutes(t *testing.T) {
 // TestBadRequests: each kind of bad input gets its documented status, and
 // the balancer keeps serving.
 func TestBadRequests(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a})
-	lbID := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, ah, f.host)
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
+	lbID := f.Host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+	testnet.Connect(t, ah, f.Host)
 
 	many := make([]string, 2000)
 	for i := range many {
@@ -68,7 +69,7 @@ func TestBadRequests(t *testing.T) {
 		{"2000 protocols, over the per-request limit", many, pb.Status_RESOURCE_LIMIT_EXCEEDED},
 	}
 	for _, c := range cases {
-		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: c.protos}); resp.Status != c.want {
+		if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: c.protos}); resp.Status != c.want {
 			t.Errorf("%s: %v, want %v", c.name, resp.Status, c.want)
 		}
 	}
@@ -126,7 +127,7 @@ func TestBadRequests(t *testing.T) {
 	if st := outbound(&pb.Forward{Peer: []byte(lbID), Protocols: []string{"/x"}}); st != pb.Status_DIAL_FAILED {
 		t.Errorf("the balancer as target: %v", st)
 	}
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{}); resp.Status != pb.Status_OK || len(resp.Protocols) != 1 {
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{}); resp.Status != pb.Status_OK || len(resp.Protocols) != 1 {
 		t.Fatalf("after the bad requests: %v", resp)
 	}
 }
@@ -135,11 +136,11 @@ func TestBadRequests(t *testing.T) {
 // and never send a byte are cut at the handshake deadline, and do not stop
 // a backend from registering or a remote peer from being served meanwhile.
 func TestHalfOpenHandshakes(t *testing.T) {
-	a, attacker := newIdentity(t), newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a, attacker}, balancer.WithHandshakeTimeout(500*time.Millisecond))
-	lbID := f.host.ID()
-	xh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: attacker.key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, xh, f.host)
+	a, attacker := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a, attacker}, balancer.WithHandshakeTimeout(500*time.Millisecond))
+	lbID := f.Host.ID()
+	xh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: attacker.Key, LinkPeers: []peer.ID{lbID}})
+	testnet.Connect(t, xh, f.Host)
 	var streams []network.Stream
 	for i := 0; i < 100; i++ {
 		s, err := xh.NewStream(context.Background(), lbID, wire.ForwardID)
@@ -153,10 +154,10 @@ func TestHalfOpenHandshakes(t *testing.T) {
 		}
 		streams = append(streams, s)
 	}
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/served": echo})
-	waitRegistered(t, be, "/served")
-	d := f.newPeer()
-	waitServed(t, d, lbID, true, "/served")
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/served": testnet.Echo})
+	lbtest.WaitRegistered(t, be, "/served")
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, lbID, true, "/served")
 	openAndEcho(t, d, lbID, "/served", []byte("still served"))
 	// Every half-open stream ends, by the deadline, not by us.
 	var wg sync.WaitGroup
@@ -181,13 +182,13 @@ func TestHalfOpenHandshakes(t *testing.T) {
 // TestStreamFlood: one remote peer flooding new streams is held by the rate
 // limit while another peer is served.
 func TestStreamFlood(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithLimits(balancer.Limits{NewStreamsPerSecondPerPeer: 20, StreamsPerPeer: 10}))
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/svc": echo})
-	waitRegistered(t, be, "/svc")
-	flooder, victim := f.newPeer(), f.newPeer()
-	waitServed(t, flooder, f.host.ID(), true, "/svc")
-	waitServed(t, victim, f.host.ID(), true, "/svc")
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithLimits(balancer.Limits{NewStreamsPerSecondPerPeer: 20, StreamsPerPeer: 10}))
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/svc": testnet.Echo})
+	lbtest.WaitRegistered(t, be, "/svc")
+	flooder, victim := f.NewPeer(), f.NewPeer()
+	lbtest.WaitServed(t, flooder, f.Host.ID(), true, "/svc")
+	lbtest.WaitServed(t, victim, f.Host.ID(), true, "/svc")
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -202,7 +203,7 @@ func TestStreamFlood(t *testing.T) {
 					return
 				default:
 				}
-				if err := echoOnce(flooder, f, "/svc", []byte("flood")); err != nil {
+				if err := f.EchoOnce(flooder, "/svc", []byte("flood")); err != nil {
 					var se *network.StreamError
 					if errors.As(err, &se) {
 						mu.Lock()
@@ -214,7 +215,7 @@ func TestStreamFlood(t *testing.T) {
 		}()
 	}
 	for i := 0; i < 20; i++ {
-		if err := echoOnce(victim, f, "/svc", []byte("victim")); err != nil {
+		if err := f.EchoOnce(victim, "/svc", []byte("victim")); err != nil {
 			close(stop)
 			wg.Wait()
 			t.Fatalf("the other peer was not served during the flood: %v", err)
@@ -230,11 +231,11 @@ func TestStreamFlood(t *testing.T) {
 // TestRoutesMustFitOneResponse: a backend whose routes would not fit in one
 // 16 KiB RoutingResponse is refused, all or nothing, and keeps its routes.
 func TestRoutesMustFitOneResponse(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a})
-	lbID := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, ah, f.host)
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
+	lbID := f.Host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+	testnet.Connect(t, ah, f.Host)
 	batch := func(from, n int) []string {
 		var out []string
 		for i := from; i < from+n; i++ {
@@ -243,15 +244,15 @@ func TestRoutesMustFitOneResponse(t *testing.T) {
 		return out
 	}
 	// 300 IDs of 39 bytes: 12 KiB, fits.
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(0, 300)}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(0, 300)}); resp.Status != pb.Status_OK {
 		t.Fatalf("300 routes: %v", resp.Status)
 	}
 	// 200 more would make 20 KiB.
-	resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(300, 200)})
+	resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(300, 200)})
 	if resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED || !strings.Contains(resp.Text, "16384") {
 		t.Fatalf("500 routes: %v %q", resp.Status, resp.Text)
 	}
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 300 {
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 300 {
 		t.Fatalf("after the refusal: %d routes, want the 300 from before", len(resp.Protocols))
 	}
 }

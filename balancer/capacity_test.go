@@ -1,10 +1,7 @@
 package balancer_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // TestManyConcurrentStreams holds 500 forwarded streams open at once to one
@@ -24,16 +22,16 @@ import (
 // connections to the balancer, and the default resource manager lets one
 // remote peer open only about 64 inbound streams of one protocol.
 func TestManyConcurrentStreams(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		const peers, perPeer = 10, 50
 		const total = peers * perPeer
-		a := newIdentity(t)
-		f := newFixture(t, tr, []identity{a})
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a})
 		var mu sync.Mutex
 		arrived := 0
 		all := make(chan struct{})
 		const proto protocol.ID = "/test/many"
-		be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
+		be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
 			mu.Lock()
 			arrived++
 			if arrived == total {
@@ -42,16 +40,16 @@ func TestManyConcurrentStreams(t *testing.T) {
 			mu.Unlock()
 			select {
 			case <-all:
-				echo(s)
+				testnet.Echo(s)
 			case <-time.After(60 * time.Second):
 				s.Reset()
 			}
 		}})
-		waitRegistered(t, be, proto)
+		lbtest.WaitRegistered(t, be, proto)
 		ds := make([]host.Host, peers)
 		for i := range ds {
-			ds[i] = f.newPeer()
-			waitServed(t, ds[i], f.host.ID(), true, proto)
+			ds[i] = f.NewPeer()
+			lbtest.WaitServed(t, ds[i], f.Host.ID(), true, proto)
 		}
 		var wg sync.WaitGroup
 		errs := make(chan error, total)
@@ -59,7 +57,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs <- echoOnce(ds[i%peers], f, proto, []byte(fmt.Sprintf("stream %d", i)))
+				errs <- f.EchoOnce(ds[i%peers], proto, []byte(fmt.Sprintf("stream %d", i)))
 			}()
 		}
 		wg.Wait()
@@ -77,38 +75,4 @@ func TestManyConcurrentStreams(t *testing.T) {
 			t.Fatalf("%d of %d streams failed (%d reached the backend); one error: %v", failed, total, arrived, first)
 		}
 	})
-}
-
-// echoOnce is roundTrip without testing.T, for use from many goroutines.
-func echoOnce(d host.Host, f *fixture, proto protocol.ID, payload []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	s, err := d.NewStream(ctx, f.host.ID(), proto)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := s.Write(payload); err != nil {
-		return err
-	}
-	if err := s.CloseWrite(); err != nil {
-		return err
-	}
-	got := make([]byte, 0, len(payload))
-	buf := make([]byte, 256)
-	for {
-		n, err := s.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			return err
-		}
-	}
-	if string(got) != string(payload) {
-		return fmt.Errorf("echo %q, want %q", got, payload)
-	}
-	return nil
 }

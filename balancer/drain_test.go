@@ -13,32 +13,33 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // slowEcho echoes after a pause, so that streams are in flight when a
 // backend drains.
 func slowEcho(s network.Stream) {
 	time.Sleep(20 * time.Millisecond) // simulated work, not synchronisation
-	echo(s)
+	testnet.Echo(s)
 }
 
 // TestRollingRestart drains each backend of a pool of three in turn, under
 // steady load, starting a replacement first: no stream is lost.
 func TestRollingRestart(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		var ids []identity
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		var ids []lbtest.Identity
 		for i := 0; i < 6; i++ {
-			ids = append(ids, newIdentity(t))
+			ids = append(ids, lbtest.NewIdentity(t))
 		}
-		f := newFixture(t, tr, ids)
+		f := lbtest.New(t, tr, ids)
 		start := func(i int) *backend.Backend {
-			be, _ := f.newBackend(ids[i], map[protocol.ID]network.StreamHandler{pooled: slowEcho})
-			waitRegistered(t, be, pooled)
+			be, _ := f.NewBackend(ids[i], map[protocol.ID]network.StreamHandler{pooled: slowEcho})
+			lbtest.WaitRegistered(t, be, pooled)
 			return be
 		}
 		pool := []*backend.Backend{start(0), start(1), start(2)}
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, pooled)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -54,7 +55,7 @@ func TestRollingRestart(t *testing.T) {
 						return
 					default:
 					}
-					if err := echoOnce(d, f, pooled, []byte(fmt.Sprintf("worker %d stream %d", w, i))); err != nil {
+					if err := f.EchoOnce(d, pooled, []byte(fmt.Sprintf("worker %d stream %d", w, i))); err != nil {
 						failed.Add(1)
 						firstErr.CompareAndSwap(nil, err)
 					} else {

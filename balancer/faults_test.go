@@ -14,28 +14,29 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // TestBackendKilledMidStream: when a backend dies with a stream in flight,
 // the remote peer's stream is reset within a second, the backend's routes
 // are suspended, and another backend's stream goes on untouched.
 func TestBackendKilledMidStream(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		doomed, other := newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{doomed, other})
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		doomed, other := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{doomed, other})
 		arrived := make(chan struct{}, 1)
 		hold := func(s network.Stream) {
 			arrived <- struct{}{}
 			io.Copy(io.Discard, s) // reads until the stream dies
 		}
-		bd, dh := f.newBackend(doomed, map[protocol.ID]network.StreamHandler{"/doomed": hold})
-		bo, _ := f.newBackend(other, map[protocol.ID]network.StreamHandler{"/other": echo})
-		waitRegistered(t, bd, "/doomed")
-		waitRegistered(t, bo, "/other")
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, "/doomed", "/other")
+		bd, dh := f.NewBackend(doomed, map[protocol.ID]network.StreamHandler{"/doomed": hold})
+		bo, _ := f.NewBackend(other, map[protocol.ID]network.StreamHandler{"/other": testnet.Echo})
+		lbtest.WaitRegistered(t, bd, "/doomed")
+		lbtest.WaitRegistered(t, bo, "/other")
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, "/doomed", "/other")
 
-		victim, err := d.NewStream(context.Background(), f.host.ID(), "/doomed")
+		victim, err := d.NewStream(context.Background(), f.Host.ID(), "/doomed")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -43,7 +44,7 @@ func TestBackendKilledMidStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		<-arrived
-		bystander, err := d.NewStream(context.Background(), f.host.ID(), "/other")
+		bystander, err := d.NewStream(context.Background(), f.Host.ID(), "/other")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +62,7 @@ func TestBackendKilledMidStream(t *testing.T) {
 		if took := time.Since(killed); took > time.Second {
 			t.Fatalf("the remote peer's stream was reset after %v, want within 1 s", took)
 		}
-		waitServed(t, d, f.host.ID(), false, "/doomed")
+		lbtest.WaitServed(t, d, f.Host.ID(), false, "/doomed")
 
 		if _, err := bystander.Write([]byte("second half")); err != nil {
 			t.Fatalf("the other backend's stream was touched: %v", err)
@@ -79,18 +80,18 @@ func TestBackendKilledMidStream(t *testing.T) {
 // address gets every backend registered again within a few seconds,
 // without operator action, and new streams flow.
 func TestBalancerRestart(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		lbKey := newIdentity(t)
-		first := testnet.NewHost(t, tr, testnet.Options{Key: lbKey.key, LinkPeers: []peer.ID{a.id}})
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		lbKey := lbtest.NewIdentity(t)
+		first := testnet.NewHost(t, tr, testnet.Options{Key: lbKey.Key, LinkPeers: []peer.ID{a.ID}})
 		addrs := first.Addrs()
-		lb1, err := balancer.New(first, balancer.WithAllow(a.id))
+		lb1, err := balancer.New(first, balancer.WithAllow(a.ID))
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := &fixture{t: t, tr: tr, host: first, lb: lb1}
-		be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/svc": echo})
-		waitRegistered(t, be, "/svc")
+		f := &lbtest.Fixture{T: t, Transport: tr, Host: first, LB: lb1}
+		be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/svc": testnet.Echo})
+		lbtest.WaitRegistered(t, be, "/svc")
 
 		lb1.Close()
 		first.Close()
@@ -98,9 +99,9 @@ func TestBalancerRestart(t *testing.T) {
 		for _, a := range addrs {
 			listen = append(listen, a.String())
 		}
-		second := testnet.NewHost(t, tr, testnet.Options{Key: lbKey.key, LinkPeers: []peer.ID{a.id},
+		second := testnet.NewHost(t, tr, testnet.Options{Key: lbKey.Key, LinkPeers: []peer.ID{a.ID},
 			Extra: []libp2p.Option{libp2p.ListenAddrStrings(listen...)}})
-		lb2, err := balancer.New(second, balancer.WithAllow(a.id))
+		lb2, err := balancer.New(second, balancer.WithAllow(a.ID))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,9 +109,9 @@ func TestBalancerRestart(t *testing.T) {
 		restarted := time.Now()
 		testnet.Eventually(t, 5*time.Second, func() bool { return len(lb2.Routes()) == 1 }, "backend registered with the restarted balancer")
 		t.Logf("registered again %v after the restart", time.Since(restarted))
-		f2 := &fixture{t: t, tr: tr, host: second, lb: lb2}
-		d := f2.newPeer()
-		waitServed(t, d, second.ID(), true, "/svc")
+		f2 := &lbtest.Fixture{T: t, Transport: tr, Host: second, LB: lb2}
+		d := f2.NewPeer()
+		lbtest.WaitServed(t, d, second.ID(), true, "/svc")
 		openAndEcho(t, d, second.ID(), "/svc", []byte("after the restart"))
 	})
 }
@@ -119,8 +120,8 @@ func TestBalancerRestart(t *testing.T) {
 // through flow control, the balancer does not buffer without bound, and
 // other streams go on.
 func TestSlowReader(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a})
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
 	written := make(chan int64, 1)
 	firehose := func(s network.Stream) {
 		// Writes as fast as the stream takes, until it blocks for good.
@@ -137,15 +138,15 @@ func TestSlowReader(t *testing.T) {
 		written <- n
 		s.Reset()
 	}
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/firehose": firehose, "/echo": echo})
-	waitRegistered(t, be, "/firehose", "/echo")
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, "/firehose", "/echo")
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/firehose": firehose, "/echo": testnet.Echo})
+	lbtest.WaitRegistered(t, be, "/firehose", "/echo")
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, "/firehose", "/echo")
 
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	s, err := d.NewStream(context.Background(), f.host.ID(), "/firehose")
+	s, err := d.NewStream(context.Background(), f.Host.ID(), "/firehose")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestSlowReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Meanwhile another stream is served.
-	openAndEcho(t, d, f.host.ID(), "/echo", []byte("not stalled"))
+	openAndEcho(t, d, f.Host.ID(), "/echo", []byte("not stalled"))
 	n := <-written
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)

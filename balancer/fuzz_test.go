@@ -15,6 +15,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -27,7 +28,7 @@ import (
 
 // fuzzEnv is a balancer with one allowed backend.
 type fuzzEnv struct {
-	f      *fixture
+	f      *lbtest.Fixture
 	raw    host.Host // the allowed backend's identity, driven by hand
 	be     *backend.Backend
 	beHost host.Host // a library backend, for the inbound delivery target
@@ -35,12 +36,12 @@ type fuzzEnv struct {
 }
 
 func newFuzzEnv(f *testing.F) *fuzzEnv {
-	raw, lib := newIdentity(f), newIdentity(f)
-	fx := newFixture(f, testnet.TCP, []identity{raw, lib})
-	rh := testnet.NewHost(f, testnet.TCP, testnet.Options{Key: raw.key, LinkPeers: []peer.ID{fx.host.ID()}, NoListen: true})
-	testnet.Connect(f, rh, fx.host)
-	be, bh := fx.newBackend(lib, map[protocol.ID]network.StreamHandler{"/fuzz/echo": echo})
-	waitRegistered(f, be, "/fuzz/echo")
+	raw, lib := lbtest.NewIdentity(f), lbtest.NewIdentity(f)
+	fx := lbtest.New(f, testnet.TCP, []lbtest.Identity{raw, lib})
+	rh := testnet.NewHost(f, testnet.TCP, testnet.Options{Key: raw.Key, LinkPeers: []peer.ID{fx.Host.ID()}, NoListen: true})
+	testnet.Connect(f, rh, fx.Host)
+	be, bh := fx.NewBackend(lib, map[protocol.ID]network.StreamHandler{"/fuzz/echo": testnet.Echo})
+	lbtest.WaitRegistered(f, be, "/fuzz/echo")
 	_, d := testnet.Key(f)
 	return &fuzzEnv{f: fx, raw: rh, be: be, beHost: bh, d: d}
 }
@@ -85,8 +86,8 @@ func FuzzRegistrationHandshake(f *testing.F) {
 	env := newFuzzEnv(f)
 	addSeeds(f, framed(&pb.RoutingRequest{Protocols: []string{"/a", "/b"}, TtlSeconds: 5}, &pb.RoutingRequest{Release: []string{"/a"}}))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		sendRaw(env.raw, env.f.host.ID(), wire.RoutingRequestID, data)
-		if resp := rawRequest(t, env.raw, env.f.host.ID(), &pb.RoutingRequest{}); resp.Status != pb.Status_OK {
+		sendRaw(env.raw, env.f.Host.ID(), wire.RoutingRequestID, data)
+		if resp := lbtest.RawRequest(t, env.raw, env.f.Host.ID(), &pb.RoutingRequest{}); resp.Status != pb.Status_OK {
 			t.Fatalf("balancer stopped serving after %x: %v", data, resp)
 		}
 	})
@@ -98,8 +99,8 @@ func FuzzOutboundHandshake(f *testing.F) {
 	env := newFuzzEnv(f)
 	addSeeds(f, framed(&pb.Forward{Peer: []byte(env.d), Protocols: []string{"/x"}}))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		sendRaw(env.raw, env.f.host.ID(), wire.ForwardID, data)
-		if resp := rawRequest(t, env.raw, env.f.host.ID(), &pb.RoutingRequest{}); resp.Status != pb.Status_OK {
+		sendRaw(env.raw, env.f.Host.ID(), wire.ForwardID, data)
+		if resp := lbtest.RawRequest(t, env.raw, env.f.Host.ID(), &pb.RoutingRequest{}); resp.Status != pb.Status_OK {
 			t.Fatalf("balancer stopped serving after %x: %v", data, resp)
 		}
 	})
@@ -112,7 +113,7 @@ func FuzzInboundDelivery(f *testing.F) {
 	valid := framed(&pb.Forward{Peer: []byte(env.d), Protocols: []string{"/fuzz/echo"}})
 	addSeeds(f, valid)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		lbHost := env.f.host
+		lbHost := env.f.Host
 		sendRaw(lbHost, env.beHost.ID(), wire.ForwardID, data)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
@@ -21,24 +22,24 @@ import (
 // after three failures in a row, is not offered streams while ejected, and
 // is offered streams again when the ejection ends.
 func TestEjectionAndReturn(t *testing.T) {
-	good, bad := newIdentity(t), newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{good, bad},
+	good, bad := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{good, bad},
 		balancer.WithHealth(balancer.Health{ConsecutiveFailures: 3, BaseEjection: 3 * time.Second, MaxEjection: 10 * time.Second}))
 	offered := resettingBackend(t, f, bad, pooled)
 	var served atomic.Int64
-	be, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
-	waitRegistered(t, be, pooled)
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, pooled)
+	be, _ := f.NewBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+	lbtest.WaitRegistered(t, be, pooled)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 
 	// Streams until the bad backend has failed three times.
 	for offered.Load() < 3 {
-		openAndEcho(t, d, f.host.ID(), pooled, []byte("x"))
+		openAndEcho(t, d, f.Host.ID(), pooled, []byte("x"))
 	}
 	ejectedAt := time.Now()
 	before := offered.Load()
 	for i := 0; i < 20; i++ {
-		openAndEcho(t, d, f.host.ID(), pooled, []byte("y"))
+		openAndEcho(t, d, f.Host.ID(), pooled, []byte("y"))
 	}
 	if took := time.Since(ejectedAt); took >= 3*time.Second {
 		t.Fatalf("20 streams took %v, longer than the ejection: cannot tell", took)
@@ -48,7 +49,7 @@ func TestEjectionAndReturn(t *testing.T) {
 	}
 	// After the ejection it is tried again.
 	testnet.Eventually(t, 10*time.Second, func() bool {
-		openAndEcho(t, d, f.host.ID(), pooled, []byte("z"))
+		openAndEcho(t, d, f.Host.ID(), pooled, []byte("z"))
 		return offered.Load() > before
 	}, "ejected backend offered a stream again")
 }
@@ -58,18 +59,18 @@ func TestEjectionAndReturn(t *testing.T) {
 // bytes arrive intact; only streams that the killed backend had already
 // accepted are reset, and they succeed when opened again.
 func TestFailoverEveryByte(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		good, refusing, hanging, doomed := newIdentity(t), newIdentity(t), newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{good, refusing, hanging, doomed}, balancer.WithHandshakeTimeout(200*time.Millisecond))
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		good, refusing, hanging, doomed := lbtest.NewIdentity(t), lbtest.NewIdentity(t), lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{good, refusing, hanging, doomed}, balancer.WithHandshakeTimeout(200*time.Millisecond))
 		scriptedBackend(t, f, refusing, pooled, &pb.ForwardResponse{Status: pb.Status_REJECTED})
 		scriptedBackend(t, f, hanging, pooled, nil)
 		var servedGood, servedDoomed atomic.Int64
-		bg, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&servedGood)})
-		bd, dh := f.newBackend(doomed, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&servedDoomed)})
-		waitRegistered(t, bg, pooled)
-		waitRegistered(t, bd, pooled)
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, pooled)
+		bg, _ := f.NewBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&servedGood)})
+		bd, dh := f.NewBackend(doomed, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&servedDoomed)})
+		lbtest.WaitRegistered(t, bg, pooled)
+		lbtest.WaitRegistered(t, bd, pooled)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 
 		const n, workers = 200, 4
 		var next, done, retries atomic.Int64
@@ -89,7 +90,7 @@ func TestFailoverEveryByte(t *testing.T) {
 						kill.Do(func() { dh.Close() })
 					}
 					payload := []byte(fmt.Sprintf("%d:%s", i, make([]byte, 4096)))
-					err := echoOnce(d, f, pooled, payload)
+					err := f.EchoOnce(d, pooled, payload)
 					if err != nil {
 						var se *network.StreamError
 						if !errors.As(err, &se) {
@@ -97,7 +98,7 @@ func TestFailoverEveryByte(t *testing.T) {
 							return
 						}
 						retries.Add(1)
-						if err = echoOnce(d, f, pooled, payload); err != nil {
+						if err = f.EchoOnce(d, pooled, payload); err != nil {
 							errs <- fmt.Errorf("stream %d, opened again: %w", i, err)
 							return
 						}
@@ -126,13 +127,13 @@ func TestFailoverEveryByte(t *testing.T) {
 // TestHangingHandshakeCut: a backend that never answers holds a stream
 // only until the handshake deadline.
 func TestHangingHandshakeCut(t *testing.T) {
-	hanging := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{hanging}, balancer.WithHandshakeTimeout(300*time.Millisecond))
+	hanging := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{hanging}, balancer.WithHandshakeTimeout(300*time.Millisecond))
 	scriptedBackend(t, f, hanging, pooled, nil)
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, pooled)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 	start := time.Now()
-	err := echoOnce(d, f, pooled, []byte("x"))
+	err := f.EchoOnce(d, pooled, []byte("x"))
 	if err == nil {
 		t.Fatal("a stream to a backend that never answers succeeded")
 	}

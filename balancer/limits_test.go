@@ -13,6 +13,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -68,28 +69,28 @@ func resetCode(err error) network.StreamErrorCode {
 // refuse with their reset code, while other peers are served.
 func TestInboundLimits(t *testing.T) {
 	const held, echoed protocol.ID = "/test/held", "/test/echo"
-	setup := func(t *testing.T, l balancer.Limits) (*fixture, host.Host, host.Host) {
-		a := newIdentity(t)
-		f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithLimits(l))
-		be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{held: holdHandler(t), echoed: echo})
-		waitRegistered(t, be, held, echoed)
-		d1, d2 := f.newPeer(), f.newPeer()
-		waitServed(t, d1, f.host.ID(), true, held)
-		waitServed(t, d2, f.host.ID(), true, held)
+	setup := func(t *testing.T, l balancer.Limits) (*lbtest.Fixture, host.Host, host.Host) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithLimits(l))
+		be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{held: holdHandler(t), echoed: testnet.Echo})
+		lbtest.WaitRegistered(t, be, held, echoed)
+		d1, d2 := f.NewPeer(), f.NewPeer()
+		lbtest.WaitServed(t, d1, f.Host.ID(), true, held)
+		lbtest.WaitServed(t, d2, f.Host.ID(), true, held)
 		return f, d1, d2
 	}
 	t.Run("per peer", func(t *testing.T) {
 		f, d1, d2 := setup(t, balancer.Limits{StreamsPerPeer: 2})
 		for i := 0; i < 2; i++ {
-			if _, err := openHeld(t, d1, f.host, held); err != nil {
+			if _, err := openHeld(t, d1, f.Host, held); err != nil {
 				t.Fatalf("stream %d within the limit: %v", i, err)
 			}
 		}
-		_, err := openHeld(t, d1, f.host, held)
+		_, err := openHeld(t, d1, f.Host, held)
 		if resetCode(err) != network.StreamResourceLimitExceeded {
 			t.Fatalf("third stream of one peer: %v, want a reset with code resource limit exceeded", err)
 		}
-		if err := echoOnce(d2, f, echoed, []byte("other peer")); err != nil {
+		if err := f.EchoOnce(d2, echoed, []byte("other peer")); err != nil {
 			t.Fatalf("another peer meanwhile: %v", err)
 		}
 	})
@@ -97,35 +98,35 @@ func TestInboundLimits(t *testing.T) {
 		f, d1, d2 := setup(t, balancer.Limits{NewStreamsPerSecondPerPeer: 5})
 		var refused error
 		for i := 0; i < 20 && refused == nil; i++ {
-			if err := echoOnce(d1, f, echoed, []byte("burst")); err != nil {
+			if err := f.EchoOnce(d1, echoed, []byte("burst")); err != nil {
 				refused = err
 			}
 		}
 		if resetCode(refused) != network.StreamRateLimited {
 			t.Fatalf("a burst of 20 streams at 5/s: %v, want a reset with code rate limited", refused)
 		}
-		if err := echoOnce(d2, f, echoed, []byte("other peer")); err != nil {
+		if err := f.EchoOnce(d2, echoed, []byte("other peer")); err != nil {
 			t.Fatalf("another peer meanwhile: %v", err)
 		}
 	})
 	t.Run("balancer-wide", func(t *testing.T) {
 		f, d1, d2 := setup(t, balancer.Limits{Streams: 2})
 		for i := 0; i < 2; i++ {
-			if _, err := openHeld(t, d1, f.host, held); err != nil {
+			if _, err := openHeld(t, d1, f.Host, held); err != nil {
 				t.Fatalf("stream %d within the limit: %v", i, err)
 			}
 		}
-		_, err := openHeld(t, d2, f.host, held)
+		_, err := openHeld(t, d2, f.Host, held)
 		if resetCode(err) != network.StreamResourceLimitExceeded {
 			t.Fatalf("third stream on the balancer: %v, want a reset with code resource limit exceeded", err)
 		}
 	})
 	t.Run("per backend", func(t *testing.T) {
 		f, d1, d2 := setup(t, balancer.Limits{StreamsPerBackend: 1})
-		if _, err := openHeld(t, d1, f.host, held); err != nil {
+		if _, err := openHeld(t, d1, f.Host, held); err != nil {
 			t.Fatalf("first stream: %v", err)
 		}
-		_, err := openHeld(t, d2, f.host, held)
+		_, err := openHeld(t, d2, f.Host, held)
 		if resetCode(err) != network.StreamResourceLimitExceeded {
 			t.Fatalf("second stream to a backend at its cap: %v, want a reset with code resource limit exceeded", err)
 		}
@@ -135,30 +136,30 @@ func TestInboundLimits(t *testing.T) {
 // TestBackendLimits: limits on what one backend may do refuse with
 // RESOURCE_LIMIT_EXCEEDED and a text, and others are served meanwhile.
 func TestBackendLimits(t *testing.T) {
-	a, b := newIdentity(t), newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a, b}, balancer.WithLimits(balancer.Limits{ProtocolsPerRequest: 3, RoutesPerBackend: 4, OutboundPerBackend: 1}), loopbackTargets)
-	lbID := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, ah, f.host)
-	resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/1", "/2", "/3", "/4"}})
+	a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a, b}, balancer.WithLimits(balancer.Limits{ProtocolsPerRequest: 3, RoutesPerBackend: 4, OutboundPerBackend: 1}), loopbackTargets)
+	lbID := f.Host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+	testnet.Connect(t, ah, f.Host)
+	resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/1", "/2", "/3", "/4"}})
 	if resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED || resp.Text == "" {
 		t.Fatalf("4 protocols in one request, limit 3: %v", resp)
 	}
 	for _, ps := range [][]string{{"/1", "/2", "/3"}, {"/4"}} {
-		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: ps}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: ps}); resp.Status != pb.Status_OK {
 			t.Fatalf("within the limits: %v", resp)
 		}
 	}
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/5"}}); resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED {
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/5"}}); resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED {
 		t.Fatalf("a fifth route, limit 4: %v", resp)
 	}
 
 	// Outbound: one in flight per backend.
 	e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
 	e.SetStreamHandler("/held", holdHandler(t))
-	e.SetStreamHandler("/echo", echo)
-	ba, bah := f.newBackend(a, nil)
-	bb, bbh := f.newBackend(b, nil)
+	e.SetStreamHandler("/echo", testnet.Echo)
+	ba, bah := f.NewBackend(a, nil)
+	bb, bbh := f.NewBackend(b, nil)
 	for _, h := range []host.Host{bah, bbh} {
 		h.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
 	}
@@ -178,5 +179,5 @@ func TestBackendLimits(t *testing.T) {
 	if err != nil {
 		t.Fatalf("another backend meanwhile: %v", err)
 	}
-	roundTrip(t, s, []byte("fine"))
+	testnet.CheckRoundTrip(t, s, []byte("fine"))
 }

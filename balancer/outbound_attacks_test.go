@@ -16,6 +16,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -53,12 +54,12 @@ func rawOutbound(t testing.TB, h host.Host, lbID peer.ID, req *pb.Forward) (*pb.
 func TestOutboundControlProtocols(t *testing.T) {
 	for _, grant := range [][]string{nil, {"*"}, {"/*"}, {"/libp2p/*", "/ipfs/*"}} {
 		t.Run(strings.Join(append([]string{"grant"}, grant...), " "), func(t *testing.T) {
-			a := newIdentity(t)
-			f := newFixture(t, testnet.TCP, nil, balancer.WithAllow(a.id, grant...))
-			lbID := f.host.ID()
-			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-			testnet.Connect(t, ah, f.host)
-			e := f.newPeer() // connected: no dial, so only the protocol rule is tested
+			a := lbtest.NewIdentity(t)
+			f := lbtest.New(t, testnet.TCP, nil, balancer.WithAllow(a.ID, grant...))
+			lbID := f.Host.ID()
+			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+			testnet.Connect(t, ah, f.Host)
+			e := f.NewPeer() // connected: no dial, so only the protocol rule is tested
 			var pushed atomic.Int64
 			e.SetStreamHandler("/libp2p/dcutr", func(s network.Stream) { pushed.Add(1); s.Reset() })
 			for _, p := range []string{"/ipfs/id/push/1.0.0", "/ipfs/id/1.0.0", "/p2p/id/delta/1.0.0",
@@ -93,25 +94,25 @@ func TestOutboundControlProtocols(t *testing.T) {
 func TestBackendToBackendForgery(t *testing.T) {
 	for _, b2b := range []bool{false, true} {
 		t.Run(map[bool]string{false: "default", true: "backend-to-backend"}[b2b], func(t *testing.T) {
-			a, b := newIdentity(t), newIdentity(t)
-			f := newFixture(t, testnet.TCP, []identity{a, b}, balancer.WithBackendToBackend(b2b))
-			lbID := f.host.ID()
-			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-			testnet.Connect(t, ah, f.host)
+			a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+			f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a, b}, balancer.WithBackendToBackend(b2b))
+			lbID := f.Host.ID()
+			ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+			testnet.Connect(t, ah, f.Host)
 			var served, direct atomic.Int64
 			forged := make(chan peer.ID, 4)
-			be, bh := f.newBackend(b, map[protocol.ID]network.StreamHandler{"/svc": func(s network.Stream) {
+			be, bh := f.NewBackend(b, map[protocol.ID]network.StreamHandler{"/svc": func(s network.Stream) {
 				served.Add(1)
 				forged <- s.Conn().RemotePeer()
 				s.Reset()
 			}})
-			bh.SetStreamHandler("/direct", func(s network.Stream) { direct.Add(1); echo(s) })
-			waitRegistered(t, be, "/svc")
+			bh.SetStreamHandler("/direct", func(s network.Stream) { direct.Add(1); testnet.Echo(s) })
+			lbtest.WaitRegistered(t, be, "/svc")
 
-			resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(b.id), Protocols: []string{string(wire.ForwardID)}})
+			resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(b.ID), Protocols: []string{string(wire.ForwardID)}})
 			if resp.Status == pb.Status_OK {
 				// The attack: a Forward naming a peer A made up.
-				victim := newIdentity(t).id
+				victim := lbtest.NewIdentity(t).ID
 				_ = wire.WriteMsg(s, &pb.Forward{Peer: []byte(victim), Protocols: []string{"/svc"}})
 				var r pb.ForwardResponse
 				_ = wire.NewReader(s).ReadMsg(&r)
@@ -120,7 +121,7 @@ func TestBackendToBackendForgery(t *testing.T) {
 			if resp.Status != pb.Status_PERMISSION_DENIED {
 				t.Fatalf("outbound to B on the forward protocol: %v %q, want PERMISSION_DENIED", resp.Status, resp.Text)
 			}
-			resp, s = rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(b.id), Protocols: []string{"/direct"}})
+			resp, s = rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(b.ID), Protocols: []string{"/direct"}})
 			if !b2b {
 				if resp.Status != pb.Status_PERMISSION_DENIED {
 					t.Fatalf("outbound to a backend: %v %q, want PERMISSION_DENIED", resp.Status, resp.Text)
@@ -132,7 +133,7 @@ func TestBackendToBackendForgery(t *testing.T) {
 				if resp.Status != pb.Status_OK {
 					t.Fatalf("outbound to a backend with backend-to-backend on: %v %q", resp.Status, resp.Text)
 				}
-				roundTrip(t, s, []byte("b2b"))
+				testnet.CheckRoundTrip(t, s, []byte("b2b"))
 			}
 			if served.Load() != 0 {
 				t.Fatalf("B's handler ran for a remote peer %s that A named", <-forged)
@@ -143,22 +144,10 @@ func TestBackendToBackendForgery(t *testing.T) {
 
 // gatedFixture is newFixture on a host built with a DialGater for policy,
 // as the daemon builds it, and the balancer given the same policy.
-func gatedFixture(t testing.TB, policy balancer.DialPolicy, allowed []identity, opts ...balancer.Option) *fixture {
+func gatedFixture(t testing.TB, policy balancer.DialPolicy, allowed []lbtest.Identity, opts ...balancer.Option) *lbtest.Fixture {
 	t.Helper()
-	var ids []peer.ID
-	for _, a := range allowed {
-		ids = append(ids, a.id)
-		opts = append(opts, balancer.WithAllow(a.id))
-	}
-	opts = append(opts, balancer.WithDialPolicy(policy))
-	h := testnet.NewHost(t, testnet.TCP, testnet.Options{LinkPeers: ids,
-		Extra: []libp2p.Option{libp2p.Ping(false), libp2p.ConnectionGater(&balancer.DialGater{Policy: policy})}})
-	lb, err := balancer.New(h, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lb.Close() })
-	return &fixture{t: t, tr: testnet.TCP, host: h, lb: lb}
+	h := lbtest.Host(t, testnet.TCP, allowed, libp2p.ConnectionGater(&balancer.DialGater{Policy: policy}))
+	return lbtest.On(t, testnet.TCP, h, allowed, append(opts, balancer.WithDialPolicy(policy))...)
 }
 
 // TestDialPolicy (issue 11, item 2): under the default policy a backend
@@ -168,14 +157,14 @@ func gatedFixture(t testing.TB, policy balancer.DialPolicy, allowed []identity, 
 // the policy allows loopback.
 func TestDialPolicy(t *testing.T) {
 	t.Run("default refuses", func(t *testing.T) {
-		a := newIdentity(t)
-		f := gatedFixture(t, balancer.DefaultDialPolicy(), []identity{a})
-		lbID := f.host.ID()
-		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-		testnet.Connect(t, ah, f.host)
+		a := lbtest.NewIdentity(t)
+		f := gatedFixture(t, balancer.DefaultDialPolicy(), []lbtest.Identity{a})
+		lbID := f.Host.ID()
+		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+		testnet.Connect(t, ah, f.Host)
 		e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
 		var reached atomic.Int64
-		e.SetStreamHandler("/e", func(s network.Stream) { reached.Add(1); echo(s) })
+		e.SetStreamHandler("/e", func(s network.Stream) { reached.Add(1); testnet.Echo(s) })
 		open := e.Addrs()[0]
 		closedPort := closedLoopbackAddr(t)
 
@@ -195,16 +184,16 @@ func TestDialPolicy(t *testing.T) {
 
 		// Learned addresses: E connected once, so the balancer's
 		// peerstore holds its loopback addresses from identify.
-		testnet.Connect(t, e, f.host)
+		testnet.Connect(t, e, f.Host)
 		testnet.Eventually(t, 10*time.Second, func() bool {
-			protos, _ := f.host.Peerstore().GetProtocols(e.ID())
+			protos, _ := f.Host.Peerstore().GetProtocols(e.ID())
 			return len(protos) > 0
 		}, "identify of E by the balancer")
 		_ = e.Network().ClosePeer(lbID)
 		testnet.Eventually(t, 10*time.Second, func() bool {
-			return f.host.Network().Connectedness(e.ID()) != network.Connected
+			return f.Host.Network().Connectedness(e.ID()) != network.Connected
 		}, "E disconnected")
-		if len(f.host.Peerstore().Addrs(e.ID())) == 0 {
+		if len(f.Host.Peerstore().Addrs(e.ID())) == 0 {
 			t.Fatal("the balancer forgot E's addresses: the test would prove nothing")
 		}
 		resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
@@ -216,18 +205,18 @@ func TestDialPolicy(t *testing.T) {
 		}
 	})
 	t.Run("loopback opted in", func(t *testing.T) {
-		a := newIdentity(t)
-		f := gatedFixture(t, balancer.DialPolicy{Loopback: true}, []identity{a})
-		lbID := f.host.ID()
-		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-		testnet.Connect(t, ah, f.host)
+		a := lbtest.NewIdentity(t)
+		f := gatedFixture(t, balancer.DialPolicy{Loopback: true}, []lbtest.Identity{a})
+		lbID := f.Host.ID()
+		ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+		testnet.Connect(t, ah, f.Host)
 		e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
-		e.SetStreamHandler("/e", echo)
+		e.SetStreamHandler("/e", testnet.Echo)
 		resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}, Addrs: [][]byte{e.Addrs()[0].Bytes()}})
 		if resp.Status != pb.Status_OK {
 			t.Fatalf("outbound with loopback allowed: %v %q", resp.Status, resp.Text)
 		}
-		roundTrip(t, s, []byte("allowed"))
+		testnet.CheckRoundTrip(t, s, []byte("allowed"))
 	})
 }
 
@@ -247,14 +236,14 @@ func closedLoopbackAddr(t *testing.T) ma.Multiaddr {
 // are rate limited; requests to a connected peer and another backend's
 // requests are not.
 func TestDialRate(t *testing.T) {
-	a, b := newIdentity(t), newIdentity(t)
-	f := gatedFixture(t, balancer.DialPolicy{DialsPerSecondPerBackend: 0.1}, []identity{a, b})
-	lbID := f.host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, ah, f.host)
-	testnet.Connect(t, bh, f.host)
-	unknown := func() []byte { return []byte(newIdentity(t).id) }
+	a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := gatedFixture(t, balancer.DialPolicy{DialsPerSecondPerBackend: 0.1}, []lbtest.Identity{a, b})
+	lbID := f.Host.ID()
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+	bh := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: b.Key, LinkPeers: []peer.ID{lbID}})
+	testnet.Connect(t, ah, f.Host)
+	testnet.Connect(t, bh, f.Host)
+	unknown := func() []byte { return []byte(lbtest.NewIdentity(t).ID) }
 	if resp, _ := rawOutbound(t, ah, lbID, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_DIAL_FAILED {
 		t.Fatalf("first dial: %v %q, want DIAL_FAILED (no address)", resp.Status, resp.Text)
 	}
@@ -264,13 +253,13 @@ func TestDialRate(t *testing.T) {
 	if resp, _ := rawOutbound(t, bh, lbID, &pb.Forward{Peer: unknown(), Protocols: []string{"/x"}}); resp.Status != pb.Status_DIAL_FAILED {
 		t.Fatalf("another backend's dial: %v %q, want DIAL_FAILED", resp.Status, resp.Text)
 	}
-	e := f.newPeer()
-	e.SetStreamHandler("/e", echo)
+	e := f.NewPeer()
+	e.SetStreamHandler("/e", testnet.Echo)
 	resp, s := rawOutbound(t, ah, lbID, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
 	if resp.Status != pb.Status_OK {
 		t.Fatalf("to a connected peer, over the dial rate: %v %q, want OK", resp.Status, resp.Text)
 	}
-	roundTrip(t, s, []byte("no dial"))
+	testnet.CheckRoundTrip(t, s, []byte("no dial"))
 }
 
 // TestDialPolicyAddrs: the classes of addresses each policy allows. No

@@ -15,6 +15,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -25,7 +26,7 @@ const pooled protocol.ID = "/test/pooled/1.0.0"
 func countingEcho(n *atomic.Int64) network.StreamHandler {
 	return func(s network.Stream) {
 		n.Add(1)
-		echo(s)
+		testnet.Echo(s)
 	}
 }
 
@@ -38,25 +39,25 @@ func openAndEcho(t *testing.T, d host.Host, lbID peer.ID, proto protocol.ID, pay
 	if err != nil {
 		t.Fatalf("open %s: %v", proto, err)
 	}
-	roundTrip(t, s, payload)
+	testnet.CheckRoundTrip(t, s, payload)
 }
 
 // TestPoolSharesStreams: two backends registering one protocol share its
 // streams.
 func TestPoolSharesStreams(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a, b := newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{a, b})
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a, b})
 		var na, nb atomic.Int64
-		ba, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&na)})
-		bb, _ := f.newBackend(b, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&nb)})
-		waitRegistered(t, ba, pooled)
-		waitRegistered(t, bb, pooled)
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, pooled)
+		ba, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&na)})
+		bb, _ := f.NewBackend(b, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&nb)})
+		lbtest.WaitRegistered(t, ba, pooled)
+		lbtest.WaitRegistered(t, bb, pooled)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 		const n = 40
 		for i := 0; i < n; i++ {
-			openAndEcho(t, d, f.host.ID(), pooled, []byte(fmt.Sprint(i)))
+			openAndEcho(t, d, f.Host.ID(), pooled, []byte(fmt.Sprint(i)))
 		}
 		if na.Load()+nb.Load() != n || na.Load() < n/4 || nb.Load() < n/4 {
 			t.Fatalf("streams per backend: %d and %d, want about %d each", na.Load(), nb.Load(), n/2)
@@ -66,9 +67,9 @@ func TestPoolSharesStreams(t *testing.T) {
 
 // scriptedBackend registers proto with the balancer by hand and answers
 // every forward stream with answer (nil: never answers).
-func scriptedBackend(t *testing.T, f *fixture, who identity, proto protocol.ID, answer *pb.ForwardResponse) *atomic.Int64 {
+func scriptedBackend(t *testing.T, f *lbtest.Fixture, who lbtest.Identity, proto protocol.ID, answer *pb.ForwardResponse) *atomic.Int64 {
 	t.Helper()
-	h := testnet.NewHost(t, f.tr, testnet.Options{Key: who.key, LinkPeers: []peer.ID{f.host.ID()}, NoListen: true})
+	h := testnet.NewHost(t, f.Transport, testnet.Options{Key: who.Key, LinkPeers: []peer.ID{f.Host.ID()}, NoListen: true})
 	var offered atomic.Int64
 	var held sync.Mutex
 	var streams []network.Stream
@@ -94,8 +95,8 @@ func scriptedBackend(t *testing.T, f *fixture, who identity, proto protocol.ID, 
 			s.Reset()
 		}
 	})
-	testnet.Connect(t, h, f.host)
-	if resp := rawRequest(t, h, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+	testnet.Connect(t, h, f.Host)
+	if resp := lbtest.RawRequest(t, h, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
 		t.Fatalf("scripted backend registers: %v", resp)
 	}
 	return &offered
@@ -105,22 +106,22 @@ func scriptedBackend(t *testing.T, f *fixture, who identity, proto protocol.ID, 
 // handshake deadline each pass the stream on to the next backend, and every
 // byte the remote peer sent before any backend accepted arrives.
 func TestFailover(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		good, refusing, hanging := newIdentity(t), newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{good, refusing, hanging}, balancer.WithHandshakeTimeout(300*time.Millisecond))
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		good, refusing, hanging := lbtest.NewIdentity(t), lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{good, refusing, hanging}, balancer.WithHandshakeTimeout(300*time.Millisecond))
 		refused := scriptedBackend(t, f, refusing, pooled, &pb.ForwardResponse{Status: pb.Status_REJECTED, Text: "overloaded"})
 		hung := scriptedBackend(t, f, hanging, pooled, nil)
 		var served atomic.Int64
-		be, _ := f.newBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, pooled)
-		waitRegistered(t, be, pooled)
+		be, _ := f.NewBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
+		lbtest.WaitRegistered(t, be, pooled)
 
 		const n = 6
 		for i := 0; i < n; i++ {
 			// 1 MiB, written at once: most of it is sent before any backend
 			// has accepted.
-			openAndEcho(t, d, f.host.ID(), pooled, randomBytes(t, 1<<20))
+			openAndEcho(t, d, f.Host.ID(), pooled, testnet.RandomBytes(1<<20))
 		}
 		if served.Load() != n {
 			t.Fatalf("good backend served %d streams, want %d", served.Load(), n)
@@ -134,22 +135,22 @@ func TestFailover(t *testing.T) {
 // TestAcceptorRefusal: a backend's acceptor that refuses a stream (say, its
 // local service is down) sends it on to the next backend with no byte lost.
 func TestAcceptorRefusal(t *testing.T) {
-	down, up := newIdentity(t), newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{down, up})
-	bd, _ := f.newBackend(down, nil)
+	down, up := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{down, up})
+	bd, _ := f.NewBackend(down, nil)
 	var refused atomic.Int64
 	bd.SetStreamAcceptor(pooled, func(peer.ID, protocol.ID) (network.StreamHandler, error) {
 		refused.Add(1)
 		return nil, fmt.Errorf("service unreachable")
 	})
 	var served atomic.Int64
-	bu, _ := f.newBackend(up, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
-	waitRegistered(t, bd, pooled)
-	waitRegistered(t, bu, pooled)
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, pooled)
+	bu, _ := f.NewBackend(up, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+	lbtest.WaitRegistered(t, bd, pooled)
+	lbtest.WaitRegistered(t, bu, pooled)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 	for i := 0; i < 6; i++ {
-		openAndEcho(t, d, f.host.ID(), pooled, randomBytes(t, 64<<10))
+		openAndEcho(t, d, f.Host.ID(), pooled, testnet.RandomBytes(64<<10))
 	}
 	if served.Load() != 6 || refused.Load() == 0 {
 		t.Fatalf("served %d of 6, refusals %d", served.Load(), refused.Load())

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -25,32 +26,32 @@ import (
 // expires and leaves the remote peer's identify view; an extension keeps it;
 // a release removes it at once; an empty request queries.
 func TestRouteLifecycle(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		f := newFixture(t, tr, []identity{a}, balancer.WithTTL(time.Second, 10*time.Second))
-		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{f.host.ID()}})
-		testnet.Connect(t, ah, f.host)
-		d := f.newPeer()
-		lbID := f.host.ID()
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a}, balancer.WithTTL(time.Second, 10*time.Second))
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{f.Host.ID()}})
+		testnet.Connect(t, ah, f.Host)
+		d := f.NewPeer()
+		lbID := f.Host.ID()
 
 		const expiring, kept, released protocol.ID = "/test/expiring", "/test/kept", "/test/released"
-		resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(expiring), string(kept), string(released)}, TtlSeconds: 2})
+		resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(expiring), string(kept), string(released)}, TtlSeconds: 2})
 		if resp.Status != pb.Status_OK || resp.TtlSeconds != 2 || len(resp.Protocols) != 3 {
 			t.Fatalf("register: %v", resp)
 		}
-		waitServed(t, d, lbID, true, expiring, kept, released)
+		lbtest.WaitServed(t, d, lbID, true, expiring, kept, released)
 
 		// Release at once.
-		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Release: []string{string(released)}})
+		resp = lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Release: []string{string(released)}})
 		if resp.Status != pb.Status_OK || slices.Contains(resp.Protocols, string(released)) {
 			t.Fatalf("release: %v", resp)
 		}
-		waitServed(t, d, lbID, false, released)
+		lbtest.WaitServed(t, d, lbID, false, released)
 
 		// Keep extending one route past the other's expiry.
 		start := time.Now()
 		for time.Since(start) < 4*time.Second {
-			resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 2})
+			resp = lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 2})
 			if resp.Status != pb.Status_OK {
 				t.Fatalf("extend: %v", resp)
 			}
@@ -59,23 +60,23 @@ func TestRouteLifecycle(t *testing.T) {
 			}
 			break
 		}
-		waitServed(t, d, lbID, false, expiring)
-		waitServed(t, d, lbID, true, kept)
+		lbtest.WaitServed(t, d, lbID, false, expiring)
+		lbtest.WaitServed(t, d, lbID, true, kept)
 		if time.Since(start) < time.Second {
 			t.Fatalf("route expired after %v, before its 2 s TTL", time.Since(start))
 		}
 
 		// The TTL is capped by the balancer's maximum; 0 asks for the default.
-		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 3600})
+		resp = lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}, TtlSeconds: 3600})
 		if resp.TtlSeconds != 10 {
 			t.Fatalf("TTL granted for 3600 s: %d, want the 10 s maximum", resp.TtlSeconds)
 		}
-		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}})
+		resp = lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{string(kept)}})
 		if resp.TtlSeconds != 1 {
 			t.Fatalf("TTL granted for 0: %d, want the 1 s default", resp.TtlSeconds)
 		}
 		// An empty request is a query.
-		resp = rawRequest(t, ah, lbID, &pb.RoutingRequest{})
+		resp = lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{})
 		if resp.Status != pb.Status_OK || !slices.Equal(resp.Protocols, []string{string(kept)}) {
 			t.Fatalf("query: %v", resp)
 		}
@@ -85,11 +86,11 @@ func TestRouteLifecycle(t *testing.T) {
 // TestSeveralRequestsOnOneStream: one stream carries request/response pairs
 // in turn, and closing it removes no route.
 func TestSeveralRequestsOnOneStream(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a})
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{f.host.ID()}})
-	testnet.Connect(t, ah, f.host)
-	s, err := ah.NewStream(context.Background(), f.host.ID(), wire.RoutingRequestID)
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{f.Host.ID()}})
+	testnet.Connect(t, ah, f.Host)
+	s, err := ah.NewStream(context.Background(), f.Host.ID(), wire.RoutingRequestID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestSeveralRequestsOnOneStream(t *testing.T) {
 		}
 	}
 	s.Close()
-	resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{})
+	resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{})
 	if len(resp.Protocols) != 3 {
 		t.Fatalf("after closing the stream: %v, want 3 routes", resp.Protocols)
 	}
@@ -118,21 +119,21 @@ func TestSeveralRequestsOnOneStream(t *testing.T) {
 // it for other protocols, all or nothing; reserved protocols get
 // PROTOCOL_RESERVED.
 func TestPermissions(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		f := newFixture(t, tr, nil, balancer.WithAllow(a.id, "/allowed/*", "/exact"), loopbackTargets)
-		lbID := f.host.ID()
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, nil, balancer.WithAllow(a.ID, "/allowed/*", "/exact"), loopbackTargets)
+		lbID := f.Host.ID()
 
-		stranger := newIdentity(t)
-		sh := testnet.NewHost(t, tr, testnet.Options{Key: stranger.key})
-		testnet.Connect(t, sh, f.host)
-		if resp := rawRequest(t, sh, lbID, &pb.RoutingRequest{Protocols: []string{"/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+		stranger := lbtest.NewIdentity(t)
+		sh := testnet.NewHost(t, tr, testnet.Options{Key: stranger.Key})
+		testnet.Connect(t, sh, f.Host)
+		if resp := lbtest.RawRequest(t, sh, lbID, &pb.RoutingRequest{Protocols: []string{"/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
 			t.Fatalf("stranger registers: %v", resp)
 		}
 		// A stranger cannot use the balancer as an open proxy either.
 		e := testnet.NewHost(t, tr, testnet.Options{})
-		e.SetStreamHandler("/exact", echo)
-		sb, err := backend.New(sh, []peer.AddrInfo{f.info()})
+		e.SetStreamHandler("/exact", testnet.Echo)
+		sb, err := backend.New(sh, []peer.AddrInfo{f.Info()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,25 +146,25 @@ func TestPermissions(t *testing.T) {
 			t.Fatalf("stranger outbound: err = %v, want PERMISSION_DENIED", err)
 		}
 
-		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-		testnet.Connect(t, ah, f.host)
-		resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact", "/other"}})
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+		testnet.Connect(t, ah, f.Host)
+		resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact", "/other"}})
 		if resp.Status != pb.Status_PERMISSION_DENIED || !strings.Contains(resp.Text, "/other") {
 			t.Fatalf("partly allowed request: %v", resp)
 		}
-		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 0 {
+		if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 0 {
 			t.Fatalf("a refused request changed routes: %v", resp.Protocols)
 		}
-		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact"}}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/allowed/one", "/exact"}}); resp.Status != pb.Status_OK {
 			t.Fatalf("allowed request: %v", resp)
 		}
 		for _, p := range []string{"/ipfs/id/1.0.0", "/libp2p/balancer/routing-request", "/libp2p/balancer/anything"} {
-			if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{p}}); resp.Status != pb.Status_PROTOCOL_RESERVED {
+			if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{p}}); resp.Status != pb.Status_PROTOCOL_RESERVED {
 				t.Fatalf("reserved %s: %v", p, resp)
 			}
 		}
 		// Outbound on a protocol not allowed to the backend.
-		ab, err := backend.New(ah, []peer.AddrInfo{f.info()})
+		ab, err := backend.New(ah, []peer.AddrInfo{f.Info()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,19 +177,19 @@ func TestPermissions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("outbound on an allowed protocol: %v", err)
 		}
-		roundTrip(t, s, []byte("allowed"))
+		testnet.CheckRoundTrip(t, s, []byte("allowed"))
 	})
 }
 
 // TestMalformedMessages: oversized, garbled and invalid requests get
 // MALFORMED_MESSAGE, and the balancer goes on serving.
 func TestMalformedMessages(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		f := newFixture(t, tr, []identity{a})
-		lbID := f.host.ID()
-		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lbID}})
-		testnet.Connect(t, ah, f.host)
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a})
+		lbID := f.Host.ID()
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
+		testnet.Connect(t, ah, f.Host)
 
 		send := func(proto protocol.ID, raw []byte) *pb.RoutingResponse {
 			t.Helper()
@@ -235,7 +236,7 @@ func TestMalformedMessages(t *testing.T) {
 			}
 		}
 		// The balancer still serves.
-		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/fine"}}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/fine"}}); resp.Status != pb.Status_OK {
 			t.Fatalf("after malformed messages: %v", resp)
 		}
 	})
@@ -245,11 +246,11 @@ func TestMalformedMessages(t *testing.T) {
 // deliver a forward stream to a backend, so it cannot impersonate a remote
 // peer.
 func TestForgedForwardIsReset(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		f := newFixture(t, tr, []identity{a})
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a})
 		called := make(chan struct{}, 1)
-		_, ah := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/p": func(s network.Stream) { called <- struct{}{}; s.Reset() }})
+		_, ah := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/p": func(s network.Stream) { called <- struct{}{}; s.Reset() }})
 		forger := testnet.NewHost(t, tr, testnet.Options{})
 		ah.Peerstore().AddAddrs(forger.ID(), forger.Addrs(), time.Hour) // not needed to dial, but harmless
 		forger.Peerstore().AddAddrs(ah.ID(), nil, time.Hour)
@@ -259,7 +260,7 @@ func TestForgedForwardIsReset(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-		_ = wire.WriteMsg(s, &pb.Forward{Peer: []byte(f.host.ID()), Protocols: []string{"/p"}})
+		_ = wire.WriteMsg(s, &pb.Forward{Peer: []byte(f.Host.ID()), Protocols: []string{"/p"}})
 		_, err = io.ReadAll(s)
 		if err == nil {
 			t.Fatal("forged forward stream was not reset")

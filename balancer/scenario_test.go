@@ -12,6 +12,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -28,9 +29,9 @@ const (
 // the balancer and A sees D; B reaches E through the balancer, settling on
 // B2, and E sees the balancer.
 func TestSeedScenario(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a, b := newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{a, b}, loopbackTargets)
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a, b}, loopbackTargets)
 
 		type seen struct {
 			proto         protocol.ID
@@ -40,29 +41,29 @@ func TestSeedScenario(t *testing.T) {
 		seenA := make(chan seen, 2)
 		record := func(s network.Stream) {
 			seenA <- seen{s.Protocol(), s.Conn().RemotePeer().String(), s.Conn().LocalPeer().String(), s.Conn().RemoteMultiaddr().String()}
-			echo(s)
+			testnet.Echo(s)
 		}
-		f.newBackend(a, map[protocol.ID]network.StreamHandler{protoA1: record, protoA2: record})
-		beB, bHost := f.newBackend(b, map[protocol.ID]network.StreamHandler{protoB1: echo, protoB2: echo})
+		f.NewBackend(a, map[protocol.ID]network.StreamHandler{protoA1: record, protoA2: record})
+		beB, bHost := f.NewBackend(b, map[protocol.ID]network.StreamHandler{protoB1: testnet.Echo, protoB2: testnet.Echo})
 
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, protoA1, protoA2, protoB1, protoB2)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, protoA1, protoA2, protoB1, protoB2)
 
 		// Inbound: D opens A1 and A2 to the balancer and reaches A.
 		var dAddr string
-		for _, c := range f.host.Network().ConnsToPeer(d.ID()) {
+		for _, c := range f.Host.Network().ConnsToPeer(d.ID()) {
 			dAddr = c.RemoteMultiaddr().String()
 		}
 		for _, p := range []protocol.ID{protoA1, protoA2} {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			s, err := d.NewStream(ctx, f.host.ID(), p)
+			s, err := d.NewStream(ctx, f.Host.ID(), p)
 			cancel()
 			if err != nil {
 				t.Fatalf("D opens %s: %v", p, err)
 			}
-			roundTrip(t, s, randomBytes(t, 256<<10))
+			testnet.CheckRoundTrip(t, s, testnet.RandomBytes(256<<10))
 			got := <-seenA
-			want := seen{p, d.ID().String(), f.host.ID().String(), dAddr}
+			want := seen{p, d.ID().String(), f.Host.ID().String(), dAddr}
 			if got != want {
 				t.Fatalf("A saw %+v, want %+v", got, want)
 			}
@@ -73,7 +74,7 @@ func TestSeedScenario(t *testing.T) {
 		eSaw := make(chan string, 1)
 		e.SetStreamHandler(protoB2, func(s network.Stream) {
 			eSaw <- s.Conn().RemotePeer().String()
-			echo(s)
+			testnet.Echo(s)
 		})
 		bHost.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -85,12 +86,12 @@ func TestSeedScenario(t *testing.T) {
 		if s.Protocol() != protoB2 {
 			t.Fatalf("accepted protocol %s, want %s", s.Protocol(), protoB2)
 		}
-		if s.Conn().RemotePeer() != e.ID() || s.Conn().LocalPeer() != f.host.ID() {
+		if s.Conn().RemotePeer() != e.ID() || s.Conn().LocalPeer() != f.Host.ID() {
 			t.Fatalf("outbound stream conn: remote %s local %s", s.Conn().RemotePeer(), s.Conn().LocalPeer())
 		}
-		roundTrip(t, s, randomBytes(t, 256<<10))
-		if got := <-eSaw; got != f.host.ID().String() {
-			t.Fatalf("E saw remote peer %s, want the balancer %s", got, f.host.ID())
+		testnet.CheckRoundTrip(t, s, testnet.RandomBytes(256<<10))
+		if got := <-eSaw; got != f.Host.ID().String() {
+			t.Fatalf("E saw remote peer %s, want the balancer %s", got, f.Host.ID())
 		}
 
 		// E accepts none of these: PROTOCOL_NOT_SUPPORTED.
@@ -106,17 +107,17 @@ func TestSeedScenario(t *testing.T) {
 // disabled: a remote peer pings the balancer's peer ID and the backend
 // answers.
 func TestPingThroughBalancer(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		f := newFixture(t, tr, []identity{a})
-		be, _ := f.newBackend(a, nil)
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a})
+		be, _ := f.NewBackend(a, nil)
 		ping.NewPingService(backend.NewHost(be))
 
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, ping.ID)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, ping.ID)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		results := ping.Ping(ctx, d, f.host.ID())
+		results := ping.Ping(ctx, d, f.Host.ID())
 		for i := 0; i < 3; i++ {
 			res := <-results
 			if res.Error != nil {

@@ -15,11 +15,12 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // runStreams opens n streams on proto from d with `workers` at a time, each
 // round-tripping its own payload, and fails the test on any error.
-func runStreams(t *testing.T, f *fixture, d []host.Host, proto protocol.ID, n, workers int) {
+func runStreams(t *testing.T, f *lbtest.Fixture, d []host.Host, proto protocol.ID, n, workers int) {
 	t.Helper()
 	var wg sync.WaitGroup
 	var next atomic.Int64
@@ -33,7 +34,7 @@ func runStreams(t *testing.T, f *fixture, d []host.Host, proto protocol.ID, n, w
 				if i >= int64(n) {
 					return
 				}
-				if err := echoOnce(d[int(i)%len(d)], f, proto, []byte(fmt.Sprintf("stream %d of %s", i, proto))); err != nil {
+				if err := f.EchoOnce(d[int(i)%len(d)], proto, []byte(fmt.Sprintf("stream %d of %s", i, proto))); err != nil {
 					errs <- fmt.Errorf("stream %d: %w", i, err)
 					return
 				}
@@ -64,18 +65,18 @@ func TestStrategiesSpread(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ids := []identity{newIdentity(t), newIdentity(t), newIdentity(t)}
-			f := newFixture(t, testnet.TCP, ids, balancer.WithPolicy("/test/*", c.policy))
+			ids := []lbtest.Identity{lbtest.NewIdentity(t), lbtest.NewIdentity(t), lbtest.NewIdentity(t)}
+			f := lbtest.New(t, testnet.TCP, ids, balancer.WithPolicy("/test/*", c.policy))
 			const proto protocol.ID = "/test/spread"
 			counts := make([]atomic.Int64, len(ids))
 			var sumW uint32
 			for i, id := range ids {
-				be, _ := f.newBackend(id, map[protocol.ID]network.StreamHandler{proto: countingEcho(&counts[i])}, backend.WithWeight(c.weights[i]))
-				waitRegistered(t, be, proto)
+				be, _ := f.NewBackend(id, map[protocol.ID]network.StreamHandler{proto: countingEcho(&counts[i])}, backend.WithWeight(c.weights[i]))
+				lbtest.WaitRegistered(t, be, proto)
 				sumW += c.weights[i]
 			}
-			d := f.newPeer()
-			waitServed(t, d, f.host.ID(), true, proto)
+			d := f.NewPeer()
+			lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
 			runStreams(t, f, []host.Host{d}, proto, total, 8)
 			for i := range ids {
 				want := float64(total) * float64(c.weights[i]) / float64(sumW)
@@ -91,13 +92,13 @@ func TestStrategiesSpread(t *testing.T) {
 // TestSticky: with a sticky policy every stream of one remote peer goes to
 // the same backend, and remote peers are spread over the pool.
 func TestSticky(t *testing.T) {
-	ids := []identity{newIdentity(t), newIdentity(t), newIdentity(t)}
-	f := newFixture(t, testnet.TCP, ids, balancer.WithPolicy("/test/sticky", balancer.Policy{Sticky: true}))
+	ids := []lbtest.Identity{lbtest.NewIdentity(t), lbtest.NewIdentity(t), lbtest.NewIdentity(t)}
+	f := lbtest.New(t, testnet.TCP, ids, balancer.WithPolicy("/test/sticky", balancer.Policy{Sticky: true}))
 	const proto protocol.ID = "/test/sticky"
 	var mu sync.Mutex
 	servedBy := map[peer.ID]map[int]int{} // remote peer -> backend -> streams
 	for i, id := range ids {
-		be, _ := f.newBackend(id, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
+		be, _ := f.NewBackend(id, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
 			mu.Lock()
 			r := s.Conn().RemotePeer()
 			if servedBy[r] == nil {
@@ -105,14 +106,14 @@ func TestSticky(t *testing.T) {
 			}
 			servedBy[r][i]++
 			mu.Unlock()
-			echo(s)
+			testnet.Echo(s)
 		}})
-		waitRegistered(t, be, proto)
+		lbtest.WaitRegistered(t, be, proto)
 	}
 	var ds []host.Host
 	for i := 0; i < 12; i++ {
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, proto)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
 		ds = append(ds, d)
 	}
 	runStreams(t, f, ds, proto, 12*10, 4)

@@ -13,15 +13,16 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
 // rawBackend is a backend driven by hand: it registers with explicit
 // requests and accepts every forward stream, then echoes.
-func rawBackend(t *testing.T, f *fixture, who identity) host.Host {
+func rawBackend(t *testing.T, f *lbtest.Fixture, who lbtest.Identity) host.Host {
 	t.Helper()
-	h := testnet.NewHost(t, f.tr, testnet.Options{Key: who.key, LinkPeers: []peer.ID{f.host.ID()}, NoListen: true})
+	h := testnet.NewHost(t, f.Transport, testnet.Options{Key: who.Key, LinkPeers: []peer.ID{f.Host.ID()}, NoListen: true})
 	h.SetStreamHandler(wire.ForwardID, func(s network.Stream) {
 		var req pb.Forward
 		if err := wire.NewReader(s).ReadMsg(&req); err != nil {
@@ -32,9 +33,9 @@ func rawBackend(t *testing.T, f *fixture, who identity) host.Host {
 			s.Reset()
 			return
 		}
-		echo(s)
+		testnet.Echo(s)
 	})
-	testnet.Connect(t, h, f.host)
+	testnet.Connect(t, h, f.Host)
 	return h
 }
 
@@ -42,25 +43,25 @@ func rawBackend(t *testing.T, f *fixture, who identity) host.Host {
 // backend, the backend's protocols leave identify at once; when it
 // reconnects within the TTL they come back without a new registration.
 func TestSuspendAndResume(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := newIdentity(t)
-		f := newFixture(t, tr, []identity{a})
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a})
 		ah := rawBackend(t, f, a)
 		const proto protocol.ID = "/test/suspend"
-		if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
 			t.Fatalf("register: %v", resp)
 		}
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, proto)
-		openAndEcho(t, d, f.host.ID(), proto, []byte("before"))
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
+		openAndEcho(t, d, f.Host.ID(), proto, []byte("before"))
 
-		if err := ah.Network().ClosePeer(f.host.ID()); err != nil {
+		if err := ah.Network().ClosePeer(f.Host.ID()); err != nil {
 			t.Fatal(err)
 		}
-		waitServed(t, d, f.host.ID(), false, proto)
+		lbtest.WaitServed(t, d, f.Host.ID(), false, proto)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if s, err := d.NewStream(ctx, f.host.ID(), proto); err == nil {
+		if s, err := d.NewStream(ctx, f.Host.ID(), proto); err == nil {
 			// Lazy negotiation: the refusal shows on the first read.
 			_, err = io.ReadAll(s)
 			if err == nil {
@@ -68,34 +69,34 @@ func TestSuspendAndResume(t *testing.T) {
 			}
 		}
 
-		testnet.Connect(t, ah, f.host)
-		waitServed(t, d, f.host.ID(), true, proto)
-		openAndEcho(t, d, f.host.ID(), proto, []byte("after"))
+		testnet.Connect(t, ah, f.Host)
+		lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
+		openAndEcho(t, d, f.Host.ID(), proto, []byte("after"))
 	})
 }
 
 // TestExpiryKeepsStreams: a route that expires stops new streams but never
 // cuts one already forwarded.
 func TestExpiryKeepsStreams(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithTTL(time.Second, time.Minute))
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithTTL(time.Second, time.Minute))
 	ah := rawBackend(t, f, a)
 	const proto protocol.ID = "/test/expiring"
-	if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 1}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 1}); resp.Status != pb.Status_OK {
 		t.Fatalf("register: %v", resp)
 	}
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, proto)
-	s, err := d.NewStream(context.Background(), f.host.ID(), proto)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
+	s, err := d.NewStream(context.Background(), f.Host.ID(), proto)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Write([]byte("first half, ")); err != nil {
 		t.Fatal(err)
 	}
-	waitServed(t, d, f.host.ID(), false, proto)
-	if f.lb.ActiveStreams() != 1 {
-		t.Fatalf("active streams after expiry: %d, want 1", f.lb.ActiveStreams())
+	lbtest.WaitServed(t, d, f.Host.ID(), false, proto)
+	if f.LB.ActiveStreams() != 1 {
+		t.Fatalf("active streams after expiry: %d, want 1", f.LB.ActiveStreams())
 	}
 	if _, err := s.Write([]byte("second half")); err != nil {
 		t.Fatal(err)
@@ -115,22 +116,22 @@ func TestExpiryKeepsStreams(t *testing.T) {
 // disconnected by the balancer's probe and its routes suspended, well before
 // go-libp2p's keepalives would notice.
 func TestProbeDisconnectsSilentBackend(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithProbeInterval(300*time.Millisecond))
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithProbeInterval(300*time.Millisecond))
 	ah := rawBackend(t, f, a)
 	const proto protocol.ID = "/test/probed"
-	if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
 		t.Fatalf("register: %v", resp)
 	}
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, proto)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
 	// A ping handler that never answers: the backend is connected but
 	// silent.
 	hold := make(chan struct{})
 	t.Cleanup(func() { close(hold) })
 	ah.SetStreamHandler("/ipfs/ping/1.0.0", func(s network.Stream) { <-hold; s.Reset() })
-	waitServed(t, d, f.host.ID(), false, proto)
-	if routes := f.lb.Routes(); len(routes) != 1 || routes[0].Connected {
+	lbtest.WaitServed(t, d, f.Host.ID(), false, proto)
+	if routes := f.LB.Routes(); len(routes) != 1 || routes[0].Connected {
 		t.Fatalf("routes after the probe: %+v, want one, suspended", routes)
 	}
 }

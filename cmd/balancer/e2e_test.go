@@ -84,33 +84,33 @@ func TestSeedScenario(t *testing.T) {
 	})
 	eAddrs, _ := node.Addrs(e, nil)
 
-	a1, a2 := startEcho(t, true), startEcho(t, true)
-	start(t, "sidecar-a", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--proxy-protocol",
-		"--route", "/seed/a1/1.0.0="+a1.addr, "--route", "/seed/a2/1.0.0="+a2.addr)
-	bsvc := startEcho(t, false)
-	sideB := start(t, "sidecar-b", procOpts{}, "backend", "--identity", bKey, "--balancer", lbAddr,
-		"--route", "/seed/b1/1.0.0="+bsvc.addr, "--route", "/seed/b2/1.0.0="+bsvc.addr,
+	a1, a2 := testnet.StartTCPEcho(t, true), testnet.StartTCPEcho(t, true)
+	start(t, "sidecar-a", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--proxy-protocol",
+		"--route", "/seed/a1/1.0.0="+a1.Addr, "--route", "/seed/a2/1.0.0="+a2.Addr)
+	bsvc := testnet.StartTCPEcho(t, false)
+	sideB := start(t, "sidecar-b", proctest.Options{}, "backend", "--identity", bKey, "--balancer", lbAddr,
+		"--route", "/seed/b1/1.0.0="+bsvc.Addr, "--route", "/seed/b2/1.0.0="+bsvc.Addr,
 		"--outbound", "127.0.0.1:0="+eAddrs[0].String()+"/seed/b1/1.0.0,/seed/b2/1.0.0")
-	outAddr := sideB.lines(t, 1, 20*time.Second)[0]
+	outAddr := sideB.Lines(t, 1, 20*time.Second)[0]
 
 	// Inbound: D opens A1 and A2 on the balancer and reaches A's services,
 	// which learn from the PROXY header that D is calling.
 	for _, c := range []struct {
 		proto string
-		svc   *echoService
+		svc   *testnet.TCPEcho
 	}{{"/seed/a1/1.0.0", a1}, {"/seed/a2/1.0.0", a2}} {
 		waitRoute(t, lbAddr, c.proto, "probe", "probe")
-		for len(c.svc.headers) > 0 {
-			<-c.svc.headers // the probes'
+		for len(c.svc.Headers) > 0 {
+			<-c.svc.Headers // the probes'
 		}
 		payload := strings.Repeat("D to A on "+c.proto+"\n", 2000)
 		res := dialOnce(t, payload, "--identity", dKey, lbAddr, c.proto)
-		if res.code != 0 || res.stdout != payload {
-			t.Fatalf("D on %s: exit %d, %d bytes back (want %d), stderr %q", c.proto, res.code, len(res.stdout), len(payload), res.stderr)
+		if res.Code != 0 || res.Stdout != payload {
+			t.Fatalf("D on %s: exit %d, %d bytes back (want %d), stderr %q", c.proto, res.Code, len(res.Stdout), len(payload), res.Stderr)
 		}
 		var h *proxyproto.Header
 		select {
-		case h = <-c.svc.headers:
+		case h = <-c.svc.Headers:
 		case <-time.After(10 * time.Second):
 			t.Fatal("no PROXY header reached the service")
 		}
@@ -126,10 +126,10 @@ func TestSeedScenario(t *testing.T) {
 	// with one clear line.
 	waitRoute(t, lbAddr, "/seed/b1/1.0.0", "to B", "to B")
 	res := dialOnce(t, "x", "--timeout", "10s", lbAddr, "/seed/none/1.0.0")
-	if res.code == 0 {
+	if res.Code == 0 {
 		t.Fatal("dial on an unrouted protocol succeeded")
 	}
-	oneLine(t, res.stderr, "balancer dial:", "/seed/none/1.0.0")
+	oneLine(t, res.Stderr, "balancer dial:", "/seed/none/1.0.0")
 
 	// Outbound: a local TCP client of sidecar B reaches E through the
 	// balancer on B2. E half-closes first and still gets the client's data.
@@ -197,14 +197,14 @@ func TestServeBadConfig(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			p := start(t, c.name, procOpts{}, c.args...)
-			if code := p.wait(t, 20*time.Second); code == 0 {
+			p := start(t, c.name, proctest.Options{}, c.args...)
+			if code := p.Wait(t, 20*time.Second); code == 0 {
 				t.Fatal("exit code 0")
 			}
-			if out := p.stdout.String(); out != "" {
+			if out := p.Stdout.String(); out != "" {
 				t.Fatalf("standard output %q, want nothing", out)
 			}
-			oneLine(t, p.stderr.String(), c.want...)
+			oneLine(t, p.Stderr.String(), c.want...)
 		})
 	}
 }
@@ -216,31 +216,31 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	lb, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", "30s")
-	svc := startEcho(t, false)
-	start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.addr)
+	svc := testnet.StartTCPEcho(t, false)
+	start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.Addr)
 	waitRoute(t, lbAddr, "/drain/1.0.0", "probe", "probe")
 
-	d := start(t, "dial", procOpts{pipe: true}, "dial", lbAddr, "/drain/1.0.0")
-	io.WriteString(d.stdin, "part one\n")
-	d.waitOutput(t, "part one\n", 20*time.Second)
+	d := start(t, "dial", proctest.Options{Pipe: true}, "dial", lbAddr, "/drain/1.0.0")
+	io.WriteString(d.Stdin, "part one\n")
+	d.WaitOutput(t, "part one\n", 20*time.Second)
 
-	lb.signal(t, syscall.SIGTERM)
+	lb.Signal(t, syscall.SIGTERM)
 	// New streams are refused while the one in flight goes on.
 	testnet.Eventually(t, 20*time.Second, func() bool {
-		return dialOnce(t, "new", "--timeout", "5s", lbAddr, "/drain/1.0.0").code != 0
+		return dialOnce(t, "new", "--timeout", "5s", lbAddr, "/drain/1.0.0").Code != 0
 	}, "new streams to be refused after SIGTERM")
-	if lb.exited() {
+	if lb.Exited() {
 		t.Fatal("serve exited with a stream in flight")
 	}
-	io.WriteString(d.stdin, "part two\n")
-	d.stdin.Close()
-	if code := d.wait(t, 20*time.Second); code != 0 {
+	io.WriteString(d.Stdin, "part two\n")
+	d.Stdin.Close()
+	if code := d.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("dial exited %d", code)
 	}
-	if got := d.stdout.String(); got != "part one\npart two\n" {
+	if got := d.Stdout.String(); got != "part one\npart two\n" {
 		t.Fatalf("dial got %q", got)
 	}
-	if code := lb.wait(t, 20*time.Second); code != 0 {
+	if code := lb.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("serve exited %d after draining", code)
 	}
 }
@@ -252,21 +252,21 @@ func TestServeDrainTimeout(t *testing.T) {
 	dir := t.TempDir()
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	lb, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", "1s")
-	svc := startEcho(t, false)
-	start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.addr)
+	svc := testnet.StartTCPEcho(t, false)
+	start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.Addr)
 	waitRoute(t, lbAddr, "/drain/1.0.0", "probe", "probe")
-	d := start(t, "dial", procOpts{pipe: true}, "dial", lbAddr, "/drain/1.0.0")
-	io.WriteString(d.stdin, "hello\n")
-	d.waitOutput(t, "hello\n", 20*time.Second)
+	d := start(t, "dial", proctest.Options{Pipe: true}, "dial", lbAddr, "/drain/1.0.0")
+	io.WriteString(d.Stdin, "hello\n")
+	d.WaitOutput(t, "hello\n", 20*time.Second)
 	begin := time.Now()
-	lb.signal(t, syscall.SIGTERM)
-	if code := lb.wait(t, 20*time.Second); code != 0 {
+	lb.Signal(t, syscall.SIGTERM)
+	if code := lb.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}
 	if took := time.Since(begin); took < 900*time.Millisecond {
 		t.Fatalf("serve exited after %v, before its 1s drain timeout", took)
 	}
-	if code := d.wait(t, 20*time.Second); code == 0 {
+	if code := d.Wait(t, 20*time.Second); code == 0 {
 		t.Fatal("dial exited 0 though its stream was cut")
 	}
 }
@@ -279,46 +279,46 @@ func TestTwoInstances(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	shared := filepath.Join(dir, "shared.key")
-	idp := start(t, "id", procOpts{}, "id", "--identity", shared)
-	if code := idp.wait(t, 20*time.Second); code != 0 {
+	idp := start(t, "id", proctest.Options{}, "id", "--identity", shared)
+	if code := idp.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("id exited %d", code)
 	}
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	allow := aID.String() + "=/two/*"
 	lb1, addr1 := serve(t, "lb1", "--identity", shared, "--allow", allow)
 	_, addr2 := serve(t, "lb2", "--identity", shared, "--allow", allow)
-	id := strings.TrimSpace(idp.stdout.String())
+	id := strings.TrimSpace(idp.Stdout.String())
 	if peerOf(t, addr1).String() != id || peerOf(t, addr2).String() != id {
 		t.Fatalf("instances print %s and %s, want both %s", addr1, addr2, id)
 	}
-	svc := startEcho(t, false)
-	start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", addr1, "--balancer", addr2,
-		"--route", "/two/echo/1.0.0="+svc.addr)
+	svc := testnet.StartTCPEcho(t, false)
+	start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", addr1, "--balancer", addr2,
+		"--route", "/two/echo/1.0.0="+svc.Addr)
 	waitRoute(t, addr1, "/two/echo/1.0.0", "via one", "via one")
 	waitRoute(t, addr2, "/two/echo/1.0.0", "via two", "via two")
 
-	long := start(t, "dial-long", procOpts{pipe: true}, "dial", addr2, "/two/echo/1.0.0")
-	io.WriteString(long.stdin, "before\n")
-	long.waitOutput(t, "before\n", 20*time.Second)
+	long := start(t, "dial-long", proctest.Options{Pipe: true}, "dial", addr2, "/two/echo/1.0.0")
+	io.WriteString(long.Stdin, "before\n")
+	long.WaitOutput(t, "before\n", 20*time.Second)
 
-	lb1.signal(t, syscall.SIGKILL)
-	lb1.wait(t, 20*time.Second)
+	lb1.Signal(t, syscall.SIGKILL)
+	lb1.Wait(t, 20*time.Second)
 
-	io.WriteString(long.stdin, "after\n")
-	long.stdin.Close()
-	if code := long.wait(t, 20*time.Second); code != 0 || long.stdout.String() != "before\nafter\n" {
-		t.Fatalf("stream through instance two: exit %d, got %q", code, long.stdout.String())
+	io.WriteString(long.Stdin, "after\n")
+	long.Stdin.Close()
+	if code := long.Wait(t, 20*time.Second); code != 0 || long.Stdout.String() != "before\nafter\n" {
+		t.Fatalf("stream through instance two: exit %d, got %q", code, long.Stdout.String())
 	}
 	for i := range 3 {
-		if res := dialOnce(t, "again", addr2, "/two/echo/1.0.0"); res.code != 0 || res.stdout != "again" {
-			t.Fatalf("new stream %d through instance two: exit %d, got %q, stderr %q", i, res.code, res.stdout, res.stderr)
+		if res := dialOnce(t, "again", addr2, "/two/echo/1.0.0"); res.Code != 0 || res.Stdout != "again" {
+			t.Fatalf("new stream %d through instance two: exit %d, got %q, stderr %q", i, res.Code, res.Stdout, res.Stderr)
 		}
 	}
 
 	// Instance one comes back on its port; the sidecar registers again.
 	listen := strings.TrimSuffix(addr1, "/p2p/"+id)
-	p := start(t, "lb1-again", procOpts{}, "serve", "--identity", shared, "--allow", allow, "--listen", listen)
-	if got := p.lines(t, 1, 20*time.Second)[0]; got != addr1 {
+	p := start(t, "lb1-again", proctest.Options{}, "serve", "--identity", shared, "--allow", allow, "--listen", listen)
+	if got := p.Lines(t, 1, 20*time.Second)[0]; got != addr1 {
 		t.Fatalf("restarted instance prints %s, want %s", got, addr1)
 	}
 	waitRoute(t, addr1, "/two/echo/1.0.0", "back", "back")
@@ -327,11 +327,11 @@ func TestTwoInstances(t *testing.T) {
 // TestDemo runs `balancer demo`.
 func TestDemo(t *testing.T) {
 	t.Parallel()
-	p := start(t, "demo", procOpts{}, "demo", "--ttl", "1s")
-	if code := p.wait(t, 90*time.Second); code != 0 {
+	p := start(t, "demo", proctest.Options{}, "demo", "--ttl", "1s")
+	if code := p.Wait(t, 90*time.Second); code != 0 {
 		t.Fatalf("demo exited %d", code)
 	}
-	if out := p.stdout.String(); !strings.Contains(out, "every step succeeded") {
+	if out := p.Stdout.String(); !strings.Contains(out, "every step succeeded") {
 		t.Fatalf("demo output lacks its conclusion:\n%s", out)
 	}
 }
@@ -347,13 +347,13 @@ func TestHelp(t *testing.T) {
 		"id":      {"--identity", "balancer.key"},
 		"demo":    {"--ttl", "2s"},
 	} {
-		p := start(t, cmd, procOpts{}, cmd, "--help")
-		if code := p.wait(t, 20*time.Second); code != 0 {
+		p := start(t, cmd, proctest.Options{}, cmd, "--help")
+		if code := p.Wait(t, 20*time.Second); code != 0 {
 			t.Fatalf("%s --help exited %d", cmd, code)
 		}
 		for _, w := range want {
-			if !strings.Contains(p.stdout.String(), w) {
-				t.Fatalf("%s --help lacks %q:\n%s", cmd, w, p.stdout.String())
+			if !strings.Contains(p.Stdout.String(), w) {
+				t.Fatalf("%s --help lacks %q:\n%s", cmd, w, p.Stdout.String())
 			}
 		}
 	}
@@ -366,11 +366,11 @@ func TestID(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.key")
 	var ids []string
 	for range 2 {
-		p := start(t, "id", procOpts{}, "id", "--identity", path)
-		if code := p.wait(t, 20*time.Second); code != 0 {
+		p := start(t, "id", proctest.Options{}, "id", "--identity", path)
+		if code := p.Wait(t, 20*time.Second); code != 0 {
 			t.Fatalf("id exited %d", code)
 		}
-		ids = append(ids, strings.TrimSpace(p.stdout.String()))
+		ids = append(ids, strings.TrimSpace(p.Stdout.String()))
 	}
 	if ids[0] != ids[1] {
 		t.Fatalf("id printed %s, then %s", ids[0], ids[1])
@@ -393,16 +393,16 @@ func TestReadmeWalkthrough(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	run := func(args ...string) string {
-		p := start(t, args[0], procOpts{dir: dir}, args...)
-		if code := p.wait(t, 20*time.Second); code != 0 {
+		p := start(t, args[0], proctest.Options{Dir: dir}, args...)
+		if code := p.Wait(t, 20*time.Second); code != 0 {
 			t.Fatalf("%v exited %d", args, code)
 		}
-		return strings.TrimSpace(p.stdout.String())
+		return strings.TrimSpace(p.Stdout.String())
 	}
 	backendID := run("id", "--identity", "backend.key")
-	lb := start(t, "serve", procOpts{dir: dir}, "serve", "--identity", "lb.key", "--listen", "/ip4/127.0.0.1/tcp/0",
+	lb := start(t, "serve", proctest.Options{Dir: dir}, "serve", "--identity", "lb.key", "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--allow", backendID+"=/whoami/*")
-	lbAddr := lb.lines(t, 1, 20*time.Second)[0]
+	lbAddr := lb.Lines(t, 1, 20*time.Second)[0]
 	if want := run("id", "--identity", "lb.key"); !strings.HasSuffix(lbAddr, "/p2p/"+want) {
 		t.Fatalf("serve printed %s; id of its key is %s", lbAddr, want)
 	}
@@ -412,17 +412,17 @@ func TestReadmeWalkthrough(t *testing.T) {
 	}
 	svcAddr := l.Addr().String()
 	l.Close()
-	startBin(t, whoamiBin, "whoami", procOpts{dir: dir}, "--listen", svcAddr)
-	start(t, "backend", procOpts{dir: dir}, "backend", "--identity", "backend.key", "--balancer", lbAddr,
+	startBin(t, whoamiBin, "whoami", proctest.Options{Dir: dir}, "--listen", svcAddr)
+	start(t, "backend", proctest.Options{Dir: dir}, "backend", "--identity", "backend.key", "--balancer", lbAddr,
 		"--route", "/whoami/1.0.0="+svcAddr, "--proxy-protocol")
 	dID := run("id", "--identity", "d.key")
-	var res dialResult
+	var res proctest.Result
 	testnet.Eventually(t, 30*time.Second, func() bool {
 		res = dialOnce(t, "hello\n", "--identity", filepath.Join(dir, "d.key"), lbAddr, "/whoami/1.0.0")
-		return res.code == 0
+		return res.Code == 0
 	}, "the walk-through's dial to succeed")
 	want := "hello " + dID + ", you came from 127.0.0.1:"
-	if !strings.HasPrefix(res.stdout, want) || !strings.HasSuffix(res.stdout, " on /whoami/1.0.0\nhello\n") {
-		t.Fatalf("dial printed %q, want %q... on /whoami/1.0.0 and the echo", res.stdout, want)
+	if !strings.HasPrefix(res.Stdout, want) || !strings.HasSuffix(res.Stdout, " on /whoami/1.0.0\nhello\n") {
+		t.Fatalf("dial printed %q, want %q... on /whoami/1.0.0 and the echo", res.Stdout, want)
 	}
 }

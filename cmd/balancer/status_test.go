@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
 
 // freePort returns a loopback address with a port nobody listens on now.
@@ -31,15 +32,15 @@ func TestStatusAndAdmin(t *testing.T) {
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	admin := freePort(t)
 	_, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--admin", admin)
-	echo := startEcho(t, false)
-	start(t, "a", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/status/echo/1.0.0="+echo.addr)
+	echo := testnet.StartTCPEcho(t, false)
+	start(t, "a", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/status/echo/1.0.0="+echo.Addr)
 	waitRoute(t, lbAddr, "/status/echo/1.0.0", "ping\n", "ping")
 
-	p := start(t, "status", procOpts{}, "status", "--admin", admin)
-	if code := p.wait(t, 30*time.Second); code != 0 {
-		t.Fatalf("status exited %d: %s", code, p.stderr.String())
+	p := start(t, "status", proctest.Options{}, "status", "--admin", admin)
+	if code := p.Wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("status exited %d: %s", code, p.Stderr.String())
 	}
-	out := p.stdout.String()
+	out := p.Stdout.String()
 	for _, want := range []string{peerOf(t, lbAddr).String(), "/status/echo/1.0.0", aID.String()} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("status output lacks %q:\n%s", want, out)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -28,19 +29,20 @@ import (
 // backend-to-backend streams on or off.
 func TestForgedProxyHeaderThroughBalancer(t *testing.T) {
 	for _, b2b := range []bool{false, true} {
-		aKey, aID := newKey(t)
-		bKey, bID := newKey(t)
+		aKey, aID := testnet.Key(t)
+		bKey, bID := testnet.Key(t)
 		lbh := newHost(t, nil, true, aID, bID)
 		lb, err := balancer.New(lbh, balancer.WithAllow(aID), balancer.WithAllow(bID), balancer.WithBackendToBackend(b2b))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { lb.Close() })
-		addr, headers := echoService(t, true)
-		b := start(t, sidecar.Config{Key: bKey, Balancers: []peer.AddrInfo{info(lbh)}, ProxyProtocol: true,
+		echo := testnet.StartTCPEcho(t, true)
+		addr, headers := echo.Addr, echo.Headers
+		b := start(t, sidecar.Config{Key: bKey, Balancers: []peer.AddrInfo{testnet.Info(lbh)}, ProxyProtocol: true,
 			Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
-		eventually(t, 10*time.Second, func() bool { st := b.Status(); return len(st) == 1 && len(st[0].Protocols) == 1 }, "B registered")
-		a := start(t, sidecar.Config{Key: aKey, Balancers: []peer.AddrInfo{info(lbh)},
+		testnet.Eventually(t, 10*time.Second, func() bool { st := b.Status(); return len(st) == 1 && len(st[0].Protocols) == 1 }, "B registered")
+		a := start(t, sidecar.Config{Key: aKey, Balancers: []peer.AddrInfo{testnet.Info(lbh)},
 			Outbound: []sidecar.Outbound{{Listen: "127.0.0.1:0", Peer: bID, Protocols: []protocol.ID{wire.ForwardID}}}})
 
 		c, err := net.Dial("tcp", a.OutboundAddrs()[0].String())

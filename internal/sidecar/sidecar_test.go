@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"reflect"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,37 +18,16 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
-	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
-	"github.com/libp2p-balancer/libp2p-balancer/proxyproto"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
-var loopback = []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}
-
-func newKey(t *testing.T) (crypto.PrivKey, peer.ID) {
-	k, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := peer.IDFromPrivateKey(k)
-	return k, id
-}
-
+// newHost starts a host over TCP on loopback, ping disabled, with the
+// balancer protocol's limits raised for link.
 func newHost(t *testing.T, key crypto.PrivKey, listen bool, link ...peer.ID) host.Host {
 	t.Helper()
-	if key == nil {
-		key, _ = newKey(t)
-	}
-	cfg := node.Config{Key: key, LinkPeers: link, Options: []libp2p.Option{libp2p.Ping(false)}}
-	if listen {
-		cfg.Listen = loopback
-	}
-	h, err := node.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
+	return testnet.NewHost(t, testnet.TCP, testnet.Options{Key: key, NoListen: !listen, LinkPeers: link, Extra: []libp2p.Option{libp2p.Ping(false)}})
 }
 
 // newBalancer starts an in-process balancer with identity key that allows
@@ -58,66 +35,8 @@ func newHost(t *testing.T, key crypto.PrivKey, listen bool, link ...peer.ID) hos
 // the default dial policy refuses).
 func newBalancer(t *testing.T, key crypto.PrivKey, backend peer.ID) host.Host {
 	t.Helper()
-	h := newHost(t, key, true, backend)
-	lb, err := balancer.New(h, balancer.WithAllow(backend), balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lb.Close() })
-	return h
-}
-
-func info(h host.Host) peer.AddrInfo { return peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()} }
-
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// echoService echoes as it reads, after reading a PROXY header when proxy
-// is set, which it reports on headers.
-func echoService(t *testing.T, proxy bool) (string, chan *proxyproto.Header) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	headers := make(chan *proxyproto.Header, 16)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				if proxy {
-					h, err := proxyproto.Read(c)
-					if err != nil {
-						return
-					}
-					headers <- h
-				}
-				if _, err := io.Copy(c, c); err == nil {
-					c.(*net.TCPConn).CloseWrite()
-				}
-			}()
-		}
-	}()
-	return l.Addr().String(), headers
+	return lbtest.On(t, testnet.TCP, newHost(t, key, true, backend), []lbtest.Identity{{ID: backend}},
+		balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true})).Host
 }
 
 func start(t *testing.T, cfg sidecar.Config) *sidecar.Sidecar {
@@ -153,25 +72,18 @@ func roundTrip(t *testing.T, d host.Host, lb peer.ID, proto protocol.ID, msg str
 	return string(got)
 }
 
-func waitServed(t *testing.T, d host.Host, lb peer.ID, proto protocol.ID, served bool) {
-	t.Helper()
-	eventually(t, 10*time.Second, func() bool {
-		have, _ := d.Peerstore().GetProtocols(lb)
-		return slices.Contains(have, proto) == served
-	}, fmt.Sprintf("%s served=%v", proto, served))
-}
-
 func TestInboundWithProxyHeader(t *testing.T) {
-	key, id := newKey(t)
+	key, id := testnet.Key(t)
 	lb := newBalancer(t, nil, id)
-	addr, headers := echoService(t, true)
-	start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, ProxyProtocol: true,
+	echo := testnet.StartTCPEcho(t, true)
+	addr, headers := echo.Addr, echo.Headers
+	start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)}, ProxyProtocol: true,
 		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
 	d := newHost(t, nil, false)
-	if err := d.Connect(context.Background(), info(lb)); err != nil {
+	if err := d.Connect(context.Background(), testnet.Info(lb)); err != nil {
 		t.Fatal(err)
 	}
-	waitServed(t, d, lb.ID(), "/t/echo", true)
+	lbtest.WaitServed(t, d, lb.ID(), true, "/t/echo")
 	if got := roundTrip(t, d, lb.ID(), "/t/echo", "hello"); got != "hello" {
 		t.Fatalf("echo %q", got)
 	}
@@ -187,7 +99,7 @@ func TestInboundWithProxyHeader(t *testing.T) {
 }
 
 func TestOutbound(t *testing.T) {
-	key, id := newKey(t)
+	key, id := testnet.Key(t)
 	lb := newBalancer(t, nil, id)
 	e := newHost(t, nil, true)
 	seen := make(chan peer.ID, 1)
@@ -196,7 +108,7 @@ func TestOutbound(t *testing.T) {
 		io.Copy(s, s)
 		s.Close()
 	})
-	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)},
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)},
 		Outbound: []sidecar.Outbound{{Listen: "127.0.0.1:0", Peer: e.ID(), Addrs: e.Addrs(), Protocols: []protocol.ID{"/t/e1", "/t/e2"}}}})
 	c, err := net.Dial("tcp", sc.OutboundAddrs()[0].String())
 	if err != nil {
@@ -218,22 +130,22 @@ func TestOutbound(t *testing.T) {
 // TestSharedIdentity: two balancer instances with one key; the sidecar
 // registers with both, and each routes to it.
 func TestSharedIdentity(t *testing.T) {
-	key, id := newKey(t)
-	lbKey, _ := newKey(t)
+	key, id := testnet.Key(t)
+	lbKey, _ := testnet.Key(t)
 	lb1, lb2 := newBalancer(t, lbKey, id), newBalancer(t, lbKey, id)
-	addr, _ := echoService(t, false)
-	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb1), info(lb2)},
+	addr := testnet.StartTCPEcho(t, false).Addr
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb1), testnet.Info(lb2)},
 		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
-	eventually(t, 10*time.Second, func() bool {
+	testnet.Eventually(t, 10*time.Second, func() bool {
 		st := sc.Status()
 		return len(st) == 2 && len(st[0].Protocols) == 1 && len(st[1].Protocols) == 1
 	}, "registration with both instances")
 	for _, lb := range []host.Host{lb1, lb2} {
 		d := newHost(t, nil, false)
-		if err := d.Connect(context.Background(), info(lb)); err != nil {
+		if err := d.Connect(context.Background(), testnet.Info(lb)); err != nil {
 			t.Fatal(err)
 		}
-		waitServed(t, d, lb.ID(), "/t/echo", true)
+		lbtest.WaitServed(t, d, lb.ID(), true, "/t/echo")
 		if got := roundTrip(t, d, lb.ID(), "/t/echo", "hi"); got != "hi" {
 			t.Fatalf("echo %q", got)
 		}
@@ -243,16 +155,16 @@ func TestSharedIdentity(t *testing.T) {
 // TestShutdown: Shutdown releases the routes at once and lets a stream in
 // flight finish.
 func TestShutdown(t *testing.T) {
-	key, id := newKey(t)
+	key, id := testnet.Key(t)
 	lb := newBalancer(t, nil, id)
-	addr, _ := echoService(t, false)
-	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)},
+	addr := testnet.StartTCPEcho(t, false).Addr
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)},
 		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
 	d := newHost(t, nil, false)
-	if err := d.Connect(context.Background(), info(lb)); err != nil {
+	if err := d.Connect(context.Background(), testnet.Info(lb)); err != nil {
 		t.Fatal(err)
 	}
-	waitServed(t, d, lb.ID(), "/t/echo", true)
+	lbtest.WaitServed(t, d, lb.ID(), true, "/t/echo")
 	s, err := d.NewStream(context.Background(), lb.ID(), "/t/echo")
 	if err != nil {
 		t.Fatal(err)
@@ -263,10 +175,10 @@ func TestShutdown(t *testing.T) {
 	if _, err := io.ReadFull(s, buf); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() bool { return sc.ActiveStreams() == 1 }, "the stream to be bridged")
+	testnet.Eventually(t, 5*time.Second, func() bool { return sc.ActiveStreams() == 1 }, "the stream to be bridged")
 	done := make(chan error, 1)
 	go func() { done <- sc.Shutdown(context.Background()) }()
-	waitServed(t, d, lb.ID(), "/t/echo", false)
+	lbtest.WaitServed(t, d, lb.ID(), false, "/t/echo")
 	io.WriteString(s, "second")
 	s.CloseWrite()
 	rest, err := io.ReadAll(s)
@@ -284,7 +196,7 @@ func TestShutdown(t *testing.T) {
 }
 
 func TestParse(t *testing.T) {
-	_, id := newKey(t)
+	_, id := testnet.Key(t)
 	r, err := sidecar.ParseRoute("/echo/1.0.0=127.0.0.1:7000")
 	if err != nil || r != (sidecar.Route{Protocol: "/echo/1.0.0", Target: "127.0.0.1:7000"}) {
 		t.Fatalf("ParseRoute: %+v, %v", r, err)
@@ -312,7 +224,7 @@ func TestParse(t *testing.T) {
 	if err != nil || ai.ID != id || len(ai.Addrs) != 2 {
 		t.Fatalf("ParseBalancer: %+v, %v", ai, err)
 	}
-	_, other := newKey(t)
+	_, other := testnet.Key(t)
 	if _, err := sidecar.ParseBalancer("/ip4/127.0.0.1/tcp/1/p2p/" + id.String() + ",/ip4/127.0.0.1/tcp/2/p2p/" + other.String()); err == nil {
 		t.Error("ParseBalancer accepted two peer IDs for one instance")
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
 
 // TestLatencyAndLoss: with 50 ms of round-trip time and 1% packet loss on
@@ -23,7 +24,7 @@ import (
 // checked by SHA-256 where it lands and again after its echo returns.
 func TestLatencyAndLoss(t *testing.T) {
 	t.Parallel()
-	for _, tr := range transports {
+	for _, tr := range testnet.Transports {
 		t.Run(string(tr), func(t *testing.T) {
 			t.Parallel()
 			testLatencyAndLoss(t, tr)
@@ -39,7 +40,7 @@ const (
 	payloadSize    = 512 << 10
 )
 
-func testLatencyAndLoss(t *testing.T, tr transport) {
+func testLatencyAndLoss(t *testing.T, tr testnet.Transport) {
 	n := newNet(t)
 	n.router.impair(oneWayDelay, lossRate)
 	if rtt := n.measureRTT(t); rtt < 2*oneWayDelay || rtt > 2*oneWayDelay+time.Second {
@@ -50,20 +51,20 @@ func testLatencyAndLoss(t *testing.T, tr transport) {
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	const in, out = "/nf/in/1.0.0", "/nf/out/1.0.0"
 	d := startIn(t, n.nsD, remoteBin, "remote-d", false, "--listen", listenAddr(tr, addrD, 4002), "--echo", out)
-	dAddr := strings.TrimPrefix(d.lines(t, 1, 30*time.Second)[0], "addr ")
+	dAddr := strings.TrimPrefix(d.Lines(t, 1, 30*time.Second)[0], "addr ")
 	// D is on the namespaces' private network (10.77.1.2), which the
 	// default dial policy refuses for outbound streams.
 	lb := n.serve(t, tr, dir+"/lb.key", "--allow", aID.String(), "--dial-private")
 	echo := n.startEcho(t)
-	side := n.sidecar(t, aKey, lb.addr, "--route", in+"="+echo.addr, "--outbound", "127.0.0.1:0="+dAddr+out)
-	outAddr := side.lines(t, 1, 30*time.Second)[0]
+	side := n.sidecar(t, aKey, lb.addr, "--route", in+"="+echo.Addr, "--outbound", "127.0.0.1:0="+dAddr+out)
+	outAddr := side.Lines(t, 1, 30*time.Second)[0]
 	n.waitRoute(t, lb.addr, in, 30*time.Second)
-	drain(echo.got) // the probes'
+	drain(echo.Got) // the probes'
 	passed, dropped := n.router.passed.Load(), n.router.dropped.Load()
 
 	begin := time.Now()
 	var wg sync.WaitGroup
-	inbound := make([]dialResult, streamsEachWay)
+	inbound := make([]proctest.Result, streamsEachWay)
 	outbound := make([][]byte, streamsEachWay)
 	outErr := make([]error, streamsEachWay)
 	payloads := make([][]byte, 2*streamsEachWay)
@@ -85,37 +86,37 @@ func testLatencyAndLoss(t *testing.T, tr transport) {
 	took := time.Since(begin)
 
 	// Inbound: what A's service received, and what D got back.
-	var landed []digest
+	var landed []testnet.Digest
 	for range streamsEachWay {
 		select {
-		case g := <-echo.got:
+		case g := <-echo.Got:
 			landed = append(landed, g)
 		case <-time.After(10 * time.Second):
 			t.Fatal("A's service did not report every inbound stream")
 		}
 	}
 	for i, res := range inbound {
-		want := digestOf(payloads[i])
-		if res.code != 0 || !res.matching {
-			t.Errorf("inbound stream %d: dial exited %d, got back %v, want %v; stderr %q", i, res.code, digestOf(res.stdout), want, res.stderr)
+		want := testnet.DigestOf(payloads[i])
+		if res.Code != 0 || res.Stdout != string(payloads[i]) {
+			t.Errorf("inbound stream %d: dial exited %d, got back %v, want %v; stderr %q", i, res.Code, testnet.DigestOf([]byte(res.Stdout)), want, res.Stderr)
 		}
 		if !containsDigest(landed, want) {
 			t.Errorf("inbound stream %d: A's service received none of %v; it received %v", i, want, landed)
 		}
 	}
 	// Outbound: what D received, and what came back to A's client.
-	var atD []digest
+	var atD []testnet.Digest
 	for range streamsEachWay {
-		f := d.next(t, 10*time.Second, "echo")
+		f := d.Next(t, 10*time.Second, "echo")
 		if len(f) != 4 {
 			t.Fatalf("D reports %q", strings.Join(f, " "))
 		}
-		atD = append(atD, digest{parseInt(t, f[2]), f[3]})
+		atD = append(atD, testnet.Digest{N: parseInt(t, f[2]), Sum: f[3]})
 	}
 	for i, got := range outbound {
-		want := digestOf(payloads[streamsEachWay+i])
-		if outErr[i] != nil || digestOf(got) != want {
-			t.Errorf("outbound stream %d: %v; got back %v, want %v", i, outErr[i], digestOf(got), want)
+		want := testnet.DigestOf(payloads[streamsEachWay+i])
+		if outErr[i] != nil || testnet.DigestOf(got) != want {
+			t.Errorf("outbound stream %d: %v; got back %v, want %v", i, outErr[i], testnet.DigestOf(got), want)
 		}
 		if !containsDigest(atD, want) {
 			t.Errorf("outbound stream %d: D received none of %v; it received %v", i, want, atD)
@@ -199,7 +200,7 @@ func randomBytes(n int) []byte {
 }
 
 // drain empties c.
-func drain(c chan digest) {
+func drain(c chan testnet.Digest) {
 	for {
 		select {
 		case <-c:
@@ -209,7 +210,7 @@ func drain(c chan digest) {
 	}
 }
 
-func containsDigest(list []digest, d digest) bool {
+func containsDigest(list []testnet.Digest, d testnet.Digest) bool {
 	for _, x := range list {
 		if x == d {
 			return true

@@ -21,20 +21,20 @@ const cutProto = "/nf/echo/1.0.0"
 type cutSetup struct {
 	n       *netw
 	lb      *balancerProc
-	sidecar *proc
-	watcher *proc
+	sidecar *proctest.Proc
+	watcher *proctest.Proc
 }
 
-func newCutSetup(t *testing.T, tr transport, ttl string) *cutSetup {
+func newCutSetup(t *testing.T, tr testnet.Transport, ttl string) *cutSetup {
 	t.Helper()
 	n := newNet(t)
 	dir := t.TempDir()
 	aKey, aID := proctest.KeyFile(t, dir, "a.key")
 	lb := n.serve(t, tr, dir+"/lb.key", "--allow", aID.String(), "--ttl-default", ttl)
 	echo := n.startEcho(t)
-	side := n.sidecar(t, aKey, lb.addr, "--route", cutProto+"="+echo.addr)
+	side := n.sidecar(t, aKey, lb.addr, "--route", cutProto+"="+echo.Addr)
 	w := n.watcher(t, lb.addr, cutProto)
-	w.next(t, 30*time.Second, "served")
+	w.Next(t, 30*time.Second, "served")
 	return &cutSetup{n: n, lb: lb, sidecar: side, watcher: w}
 }
 
@@ -43,8 +43,8 @@ func newCutSetup(t *testing.T, tr transport, ttl string) *cutSetup {
 func (s *cutSetup) refused(t *testing.T) {
 	t.Helper()
 	res := s.n.dialD(t, []byte("x"), 30*time.Second, "--timeout", "10s", s.lb.addr, cutProto)
-	if res.code == 0 || !strings.Contains(res.stderr, "protocols not supported") {
-		t.Fatalf("a new stream while the route is down: dial exited %d, stderr %q; want it refused (protocols not supported)", res.code, res.stderr)
+	if res.Code == 0 || !strings.Contains(res.Stderr, "protocols not supported") {
+		t.Fatalf("a new stream while the route is down: dial exited %d, stderr %q; want it refused (protocols not supported)", res.Code, res.Stderr)
 	}
 }
 
@@ -66,7 +66,7 @@ func (s *cutSetup) refused(t *testing.T) {
 // on it that are too small to draw a stateless reset.
 func TestLinkCutWithinTTL(t *testing.T) {
 	t.Parallel()
-	for _, tr := range transports {
+	for _, tr := range testnet.Transports {
 		t.Run(string(tr), func(t *testing.T) {
 			t.Parallel()
 			s := newCutSetup(t, tr, "3m")
@@ -75,8 +75,8 @@ func TestLinkCutWithinTTL(t *testing.T) {
 			// A stream in flight through A, which also shows that the
 			// route works.
 			long := startIn(t, n.nsD, bin, "dial-long", true, "dial", lb.addr, cutProto)
-			io.WriteString(long.stdin, "before the cut\n")
-			testnet.Eventually(t, 20*time.Second, func() bool { return long.stdout.String() == "before the cut\n" },
+			io.WriteString(long.Stdin, "before the cut\n")
+			testnet.Eventually(t, 20*time.Second, func() bool { return long.Stdout.String() == "before the cut\n" },
 				"the stream in flight to echo")
 
 			n.cut()
@@ -86,36 +86,36 @@ func TestLinkCutWithinTTL(t *testing.T) {
 			// forward handshake times out (5 s by default).
 			begin := time.Now()
 			blind := n.dialD(t, []byte("during the cut"), 30*time.Second, "--timeout", "10s", lb.addr, cutProto)
-			if blind.code == 0 || !strings.Contains(blind.stderr, "reset") {
-				t.Fatalf("a new stream during the cut: dial exited %d, stderr %q; want it reset", blind.code, blind.stderr)
+			if blind.Code == 0 || !strings.Contains(blind.Stderr, "reset") {
+				t.Fatalf("a new stream during the cut: dial exited %d, stderr %q; want it reset", blind.Code, blind.Stderr)
 			}
 			t.Logf("%s: a new stream during the cut was reset after %v", tr, time.Since(begin).Round(10*time.Millisecond))
-			gone := at(t, s.watcher.next(t, 70*time.Second, "unserved"))
+			gone := at(t, s.watcher.Next(t, 70*time.Second, "unserved"))
 			t.Logf("%s: the protocol left the balancer's identify %v after the cut", tr, gone.Sub(cut).Round(10*time.Millisecond))
 			if r, ok := lb.route(t, cutProto); !ok || r.Connected {
 				t.Fatalf("after the cut the balancer has route %+v (present: %v); want it present and suspended", r, ok)
 			}
-			if lb.countErr("routes suspended") != 1 {
-				t.Fatalf("the balancer did not log the suspension once:\n%s", lb.stderr.String())
+			if lb.CountErr("routes suspended") != 1 {
+				t.Fatalf("the balancer did not log the suspension once:\n%s", lb.Stderr.String())
 			}
-			if code := long.wait(t, 15*time.Second); code == 0 {
+			if code := long.Wait(t, 15*time.Second); code == 0 {
 				t.Fatal("the stream in flight through the cut link ended cleanly; want it reset")
 			}
-			t.Logf("%s: D's stream in flight was reset %v after the cut", tr, long.ended.Sub(cut).Round(10*time.Millisecond))
+			t.Logf("%s: D's stream in flight was reset %v after the cut", tr, long.Ended().Sub(cut).Round(10*time.Millisecond))
 			s.refused(t)
 
 			n.restore()
 			restored := time.Now()
-			back := at(t, s.watcher.next(t, 30*time.Second, "served"))
+			back := at(t, s.watcher.Next(t, 30*time.Second, "served"))
 			t.Logf("%s: the protocol was back in identify %v after the link came back", tr, back.Sub(restored).Round(10*time.Millisecond))
 			if r, ok := lb.route(t, cutProto); !ok || !r.Connected {
 				t.Fatalf("after the restore the balancer has route %+v (present: %v); want it resumed", r, ok)
 			}
-			if got := lb.countErr("routes resumed"); got != 1 {
-				t.Fatalf("the balancer logged %d resumptions, want 1:\n%s", got, lb.stderr.String())
+			if got := lb.CountErr("routes resumed"); got != 1 {
+				t.Fatalf("the balancer logged %d resumptions, want 1:\n%s", got, lb.Stderr.String())
 			}
-			if got := lb.countErr("routes changed"); got != 1 {
-				t.Fatalf("the balancer logged %d route set changes, want 1 (the first registration; a resumption is not a new one):\n%s", got, lb.stderr.String())
+			if got := lb.CountErr("routes changed"); got != 1 {
+				t.Fatalf("the balancer logged %d route set changes, want 1 (the first registration; a resumption is not a new one):\n%s", got, lb.Stderr.String())
 			}
 			n.waitRoute(t, lb.addr, cutProto, 20*time.Second)
 		})
@@ -131,7 +131,7 @@ func TestLinkCutWithinTTL(t *testing.T) {
 // without anyone's help.
 func TestLinkCutPastTTL(t *testing.T) {
 	t.Parallel()
-	for _, tr := range transports {
+	for _, tr := range testnet.Transports {
 		t.Run(string(tr), func(t *testing.T) {
 			t.Parallel()
 			s := newCutSetup(t, tr, "2s")
@@ -140,28 +140,28 @@ func TestLinkCutPastTTL(t *testing.T) {
 
 			n.router.isolate(netip.MustParseAddr(addrA))
 			cut := time.Now()
-			gone := at(t, s.watcher.next(t, 20*time.Second, "unserved"))
+			gone := at(t, s.watcher.Next(t, 20*time.Second, "unserved"))
 			t.Logf("%s: the protocol left the balancer's identify %v after the cut (TTL 2s)", tr, gone.Sub(cut).Round(10*time.Millisecond))
 			if r, ok := lb.route(t, cutProto); ok {
 				t.Fatalf("after the TTL the balancer still has route %+v; want it expired", r)
 			}
-			if lb.countErr("route expired") != 1 {
-				t.Fatalf("the balancer did not log the expiry:\n%s", lb.stderr.String())
+			if lb.CountErr("route expired") != 1 {
+				t.Fatalf("the balancer did not log the expiry:\n%s", lb.Stderr.String())
 			}
 			s.refused(t)
 			// The sidecar has noticed, and retries on its own.
-			testnet.Eventually(t, 30*time.Second, func() bool { return s.sidecar.countErr("registration failed") > 0 },
+			testnet.Eventually(t, 30*time.Second, func() bool { return s.sidecar.CountErr("registration failed") > 0 },
 				"the sidecar to log a failed registration")
 
 			n.router.isolate(netip.Addr{})
 			restored := time.Now()
-			back := at(t, s.watcher.next(t, 30*time.Second, "served"))
+			back := at(t, s.watcher.Next(t, 30*time.Second, "served"))
 			t.Logf("%s: the protocol was back in identify %v after the link came back", tr, back.Sub(restored).Round(10*time.Millisecond))
-			if got := lb.countErr("routes changed"); got != 2 {
-				t.Fatalf("the balancer logged %d route set changes, want 2 (the registration, then the new one after the expiry):\n%s", got, lb.stderr.String())
+			if got := lb.CountErr("routes changed"); got != 2 {
+				t.Fatalf("the balancer logged %d route set changes, want 2 (the registration, then the new one after the expiry):\n%s", got, lb.Stderr.String())
 			}
-			if lb.countErr("routes suspended") != 0 {
-				t.Fatalf("the connection was dropped during a cut shorter than the keepalive:\n%s", lb.stderr.String())
+			if lb.CountErr("routes suspended") != 0 {
+				t.Fatalf("the connection was dropped during a cut shorter than the keepalive:\n%s", lb.Stderr.String())
 			}
 			n.waitRoute(t, lb.addr, cutProto, 20*time.Second)
 		})

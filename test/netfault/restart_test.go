@@ -27,14 +27,14 @@ import (
 func TestBalancerProcessRestart(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		tr     transport
+		tr     testnet.Transport
 		sig    syscall.Signal
 		within time.Duration // how soon the sidecar must have registered again
 	}{
-		{tcp, syscall.SIGTERM, 5 * time.Second},
-		{tcp, syscall.SIGKILL, 5 * time.Second},
-		{quic, syscall.SIGTERM, 5 * time.Second},
-		{quic, syscall.SIGKILL, 30*time.Second + 10*time.Second},
+		{testnet.TCP, syscall.SIGTERM, 5 * time.Second},
+		{testnet.TCP, syscall.SIGKILL, 5 * time.Second},
+		{testnet.QUIC, syscall.SIGTERM, 5 * time.Second},
+		{testnet.QUIC, syscall.SIGKILL, 30*time.Second + 10*time.Second},
 	} {
 		name := string(c.tr) + "/" + map[syscall.Signal]string{syscall.SIGTERM: "stop", syscall.SIGKILL: "kill"}[c.sig]
 		t.Run(name, func(t *testing.T) {
@@ -45,19 +45,19 @@ func TestBalancerProcessRestart(t *testing.T) {
 			lbKey := dir + "/lb.key"
 			lb := n.serve(t, c.tr, lbKey, "--allow", aID.String())
 			echo := n.startEcho(t)
-			n.sidecar(t, aKey, lb.addr, "--route", cutProto+"="+echo.addr)
+			n.sidecar(t, aKey, lb.addr, "--route", cutProto+"="+echo.Addr)
 			n.waitRoute(t, lb.addr, cutProto, 30*time.Second)
 
-			if err := lb.cmd.Process.Signal(c.sig); err != nil {
+			if err := lb.Cmd.Process.Signal(c.sig); err != nil {
 				t.Fatal(err)
 			}
-			lb.wait(t, 20*time.Second)
+			lb.Wait(t, 20*time.Second)
 			again := n.serve(t, c.tr, lbKey, "--allow", aID.String())
 			started := time.Now()
 			if again.addr != lb.addr {
 				t.Fatalf("the restarted balancer prints %s, want %s", again.addr, lb.addr)
 			}
-			testnet.Eventually(t, c.within, func() bool { return again.countErr("routes changed") > 0 },
+			testnet.Eventually(t, c.within, func() bool { return again.CountErr("routes changed") > 0 },
 				"the sidecar to register with the restarted balancer")
 			registered := time.Since(started)
 			n.waitRoute(t, again.addr, cutProto, 20*time.Second)
