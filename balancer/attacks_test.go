@@ -99,19 +99,8 @@ func TestBadRequests(t *testing.T) {
 
 	// Outbound: invalid target peer ID and address.
 	outbound := func(req *pb.Forward) pb.Status {
-		s, err := ah.NewStream(context.Background(), lbID, wire.ForwardID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-		if err := wire.WriteMsg(s, req); err != nil {
-			t.Fatal(err)
-		}
 		var resp pb.ForwardResponse
-		if err := wire.NewReader(s).ReadMsg(&resp); err != nil {
-			t.Fatal(err)
-		}
+		lbtest.Ask(t, ah, lbID, wire.ForwardID, req, &resp)
 		return resp.Status
 	}
 	_, e := testnet.Key(t)

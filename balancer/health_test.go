@@ -73,45 +73,27 @@ func TestFailoverEveryByte(t *testing.T) {
 		lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
 
 		const n, workers = 200, 4
-		var next, done, retries atomic.Int64
+		var done, retries atomic.Int64
 		var kill sync.Once
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := next.Add(1) - 1
-					if i >= n {
-						return
-					}
-					if i == n/2 {
-						kill.Do(func() { dh.Close() })
-					}
-					payload := []byte(fmt.Sprintf("%d:%s", i, make([]byte, 4096)))
-					err := f.EchoOnce(d, pooled, payload)
-					if err != nil {
-						var se *network.StreamError
-						if !errors.As(err, &se) {
-							errs <- fmt.Errorf("stream %d: %w", i, err)
-							return
-						}
-						retries.Add(1)
-						if err = f.EchoOnce(d, pooled, payload); err != nil {
-							errs <- fmt.Errorf("stream %d, opened again: %w", i, err)
-							return
-						}
-					}
-					done.Add(1)
+		testnet.Workers(t, n, workers, func(i int) error {
+			if i == n/2 {
+				kill.Do(func() { dh.Close() })
+			}
+			payload := []byte(fmt.Sprintf("%d:%s", i, make([]byte, 4096)))
+			err := f.EchoOnce(d, pooled, payload)
+			if err != nil {
+				var se *network.StreamError
+				if !errors.As(err, &se) {
+					return fmt.Errorf("stream %d: %w", i, err)
 				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+				retries.Add(1)
+				if err = f.EchoOnce(d, pooled, payload); err != nil {
+					return fmt.Errorf("stream %d, opened again: %w", i, err)
+				}
+			}
+			done.Add(1)
+			return nil
+		})
 		if done.Load() != n {
 			t.Fatalf("%d of %d streams verified", done.Load(), n)
 		}

@@ -8,9 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 
-	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
@@ -98,31 +96,6 @@ func TestSeedScenario(t *testing.T) {
 		_, err = beB.NewStream(ctx, e.ID(), protoB1)
 		if !errors.Is(err, &wire.StatusError{Status: pb.Status_PROTOCOL_NOT_SUPPORTED}) {
 			t.Fatalf("outbound to an unsupported protocol: err = %v, want PROTOCOL_NOT_SUPPORTED", err)
-		}
-	})
-}
-
-// TestPingThroughBalancer runs go-libp2p's own ping service, unmodified, on
-// a backend through the host adapter while the balancer's host has ping
-// disabled: a remote peer pings the balancer's peer ID and the backend
-// answers.
-func TestPingThroughBalancer(t *testing.T) {
-	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a := lbtest.NewIdentity(t)
-		f := lbtest.New(t, tr, []lbtest.Identity{a})
-		be, _ := f.NewBackend(a, nil)
-		ping.NewPingService(backend.NewHost(be))
-
-		d := f.NewPeer()
-		lbtest.WaitServed(t, d, f.Host.ID(), true, ping.ID)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		results := ping.Ping(ctx, d, f.Host.ID())
-		for i := 0; i < 3; i++ {
-			res := <-results
-			if res.Error != nil {
-				t.Fatalf("ping %d: %v", i, res.Error)
-			}
 		}
 	})
 }

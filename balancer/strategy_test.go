@@ -22,30 +22,12 @@ import (
 // round-tripping its own payload, and fails the test on any error.
 func runStreams(t *testing.T, f *lbtest.Fixture, d []host.Host, proto protocol.ID, n, workers int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	errs := make(chan error, workers)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				if err := f.EchoOnce(d[int(i)%len(d)], proto, []byte(fmt.Sprintf("stream %d of %s", i, proto))); err != nil {
-					errs <- fmt.Errorf("stream %d: %w", i, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	testnet.Workers(t, n, workers, func(i int) error {
+		if err := f.EchoOnce(d[i%len(d)], proto, []byte(fmt.Sprintf("stream %d of %s", i, proto))); err != nil {
+			return fmt.Errorf("stream %d: %w", i, err)
+		}
+		return nil
+	})
 }
 
 // TestStrategiesSpread: 3,000 streams over a pool of three backends land

@@ -209,20 +209,28 @@ func TestServeBadConfig(t *testing.T) {
 	}
 }
 
+// streamInFlight starts serve with --drain-timeout drain, a sidecar that
+// routes /drain/1.0.0 to an echo service, and a dial on /drain/1.0.0 that
+// has had first echoed and keeps its stream open.
+func streamInFlight(t *testing.T, drain, first string) (lb *proctest.Proc, lbAddr string, d *proctest.Proc) {
+	t.Helper()
+	dir := t.TempDir()
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
+	lb, lbAddr = serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", drain)
+	svc := testnet.StartTCPEcho(t, false)
+	start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.Addr)
+	waitRoute(t, lbAddr, "/drain/1.0.0", "probe", "probe")
+	d = start(t, "dial", proctest.Options{Pipe: true}, "dial", lbAddr, "/drain/1.0.0")
+	io.WriteString(d.Stdin, first)
+	d.WaitOutput(t, first, 20*time.Second)
+	return lb, lbAddr, d
+}
+
 // TestServeDrainsOnSIGTERM: on SIGTERM serve stops taking new streams, lets
 // the stream in flight finish, and exits 0.
 func TestServeDrainsOnSIGTERM(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	aKey, aID := proctest.KeyFile(t, dir, "a.key")
-	lb, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", "30s")
-	svc := testnet.StartTCPEcho(t, false)
-	start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.Addr)
-	waitRoute(t, lbAddr, "/drain/1.0.0", "probe", "probe")
-
-	d := start(t, "dial", proctest.Options{Pipe: true}, "dial", lbAddr, "/drain/1.0.0")
-	io.WriteString(d.Stdin, "part one\n")
-	d.WaitOutput(t, "part one\n", 20*time.Second)
+	lb, lbAddr, d := streamInFlight(t, "30s", "part one\n")
 
 	lb.Signal(t, syscall.SIGTERM)
 	// New streams are refused while the one in flight goes on.
@@ -249,15 +257,7 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 // is cut, and serve exits 0.
 func TestServeDrainTimeout(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	aKey, aID := proctest.KeyFile(t, dir, "a.key")
-	lb, lbAddr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String(), "--drain-timeout", "1s")
-	svc := testnet.StartTCPEcho(t, false)
-	start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/drain/1.0.0="+svc.Addr)
-	waitRoute(t, lbAddr, "/drain/1.0.0", "probe", "probe")
-	d := start(t, "dial", proctest.Options{Pipe: true}, "dial", lbAddr, "/drain/1.0.0")
-	io.WriteString(d.Stdin, "hello\n")
-	d.WaitOutput(t, "hello\n", 20*time.Second)
+	lb, _, d := streamInFlight(t, "1s", "hello\n")
 	begin := time.Now()
 	lb.Signal(t, syscall.SIGTERM)
 	if code := lb.Wait(t, 20*time.Second); code != 0 {

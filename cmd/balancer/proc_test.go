@@ -1,10 +1,7 @@
 package main_test
 
 import (
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,24 +14,9 @@ import (
 var bin, whoamiBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "balancer-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "balancer")
-	whoamiBin = filepath.Join(dir, "whoami")
-	if err := proctest.Build(bin, "."); err == nil {
-		err = proctest.Build(whoamiBin, "../../examples/whoami")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	proctest.Main(m,
+		proctest.Binary{Name: "balancer", Pkg: ".", Path: &bin},
+		proctest.Binary{Name: "whoami", Pkg: "../../examples/whoami", Path: &whoamiBin})
 }
 
 // start runs the balancer binary with args.

@@ -4,6 +4,7 @@ package proctest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -91,4 +92,37 @@ func KeyFile(t testing.TB, dir, name string) (string, peer.ID) {
 		t.Fatal(err)
 	}
 	return path, id
+}
+
+// Binary is a program to build for a test binary's processes.
+type Binary struct {
+	Name string  // the file name
+	Pkg  string  // the package to build, as for go build
+	Path *string // set to where it was built
+}
+
+// Main is the body of a TestMain for tests that run the project's
+// binaries: it builds bins, all at once, into a new temporary directory,
+// runs the tests, removes the directory and exits.
+func Main(m *testing.M, bins ...Binary) {
+	dir, err := os.MkdirTemp("", "balancer-proctest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	errs := make([]error, len(bins))
+	var wg sync.WaitGroup
+	for i, b := range bins {
+		*b.Path = filepath.Join(dir, b.Name)
+		wg.Go(func() { errs[i] = Build(*b.Path, b.Pkg) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

@@ -7,6 +7,8 @@ package testnet
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,5 +131,37 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 			t.Fatalf("timed out after %v: "+msg, append([]any{timeout}, args...)...)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Workers calls job(i) for each i in [0, n) from workers goroutines at
+// once, each worker stopping at its first error, and fails the test with
+// the errors once all have stopped.
+func Workers(t testing.TB, n, workers int, job func(i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, workers)
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := job(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
 	}
 }

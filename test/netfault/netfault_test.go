@@ -12,19 +12,17 @@
 // The tests need root, iproute2 (`ip`) and a kernel with network
 // namespaces, veth and TUN devices; without them they fail and say what is
 // missing. They build `balancer` and the remote peer (internal/remote) once,
-// without the race detector (see build).
+// without the race detector (see proctest.Build).
 package netfault_test
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -57,24 +55,9 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	sweepNamespaces()
-	dir, err := os.MkdirTemp("", "balancer-netfault-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "balancer")
-	remoteBin = filepath.Join(dir, "remote")
-	errc := make(chan error, 1)
-	go func() { errc <- proctest.Build(remoteBin, "./internal/remote") }()
-	err = errors.Join(proctest.Build(bin, "../../cmd/balancer"), <-errc)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	proctest.Main(m,
+		proctest.Binary{Name: "balancer", Pkg: "../../cmd/balancer", Path: &bin},
+		proctest.Binary{Name: "remote", Pkg: "./internal/remote", Path: &remoteBin})
 }
 
 // startIn runs path with args in namespace ns with `ip netns exec` (which

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
@@ -148,9 +149,19 @@ func WaitRegistered(t testing.TB, be *backend.Backend, protos ...protocol.ID) {
 // scripted peer, and returns the response.
 func RawRequest(t testing.TB, h host.Host, lb peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse {
 	t.Helper()
+	var resp pb.RoutingResponse
+	Ask(t, h, lb, wire.RoutingRequestID, req, &resp)
+	return &resp
+}
+
+// Ask opens a stream for proto from h to p, writes req, and reads one
+// message into resp, as a peer scripted at the wire level does. It fails
+// the test on any error.
+func Ask(t testing.TB, h host.Host, p peer.ID, proto protocol.ID, req, resp proto.Message) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := h.NewStream(ctx, lb, wire.RoutingRequestID)
+	s, err := h.NewStream(ctx, p, proto)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,11 +170,9 @@ func RawRequest(t testing.TB, h host.Host, lb peer.ID, req *pb.RoutingRequest) *
 	if err := wire.WriteMsg(s, req); err != nil {
 		t.Fatal(err)
 	}
-	var resp pb.RoutingResponse
-	if err := wire.NewReader(s).ReadMsg(&resp); err != nil {
-		t.Fatalf("reading routing response: %v", err)
+	if err := wire.NewReader(s).ReadMsg(resp); err != nil {
+		t.Fatalf("reading the response to %s: %v", proto, err)
 	}
-	return &resp
 }
 
 // EchoOnce opens a stream from d to the balancer on proto and round-trips
