@@ -32,15 +32,6 @@ func TestHostStreams(t *testing.T) {
 		if h.ID() != f.Host.ID() {
 			t.Fatalf("adapter ID %s, want the balancer's %s", h.ID(), f.Host.ID())
 		}
-		if addrs := h.Addrs(); len(addrs) == 0 {
-			t.Fatal("adapter has no addresses")
-		} else {
-			for _, ad := range addrs {
-				if !slices.ContainsFunc(f.Host.Addrs(), ad.Equal) {
-					t.Fatalf("adapter address %s is not one of the balancer's %v", ad, f.Host.Addrs())
-				}
-			}
-		}
 
 		const proto protocol.ID = "/test/host/in"
 		type seen struct {
@@ -53,6 +44,16 @@ func TestHostStreams(t *testing.T) {
 			testnet.Echo(s)
 		})
 		lbtest.WaitRegistered(t, be, proto)
+		// Registered, so connected: the balancer's addresses are known.
+		if addrs := h.Addrs(); len(addrs) == 0 {
+			t.Fatal("adapter has no addresses")
+		} else {
+			for _, ad := range addrs {
+				if !slices.ContainsFunc(f.Host.Addrs(), ad.Equal) {
+					t.Fatalf("adapter address %s is not one of the balancer's %v", ad, f.Host.Addrs())
+				}
+			}
+		}
 		d := f.NewPeer()
 		lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
 		if err := f.EchoOnce(d, proto, []byte("through the adapter")); err != nil {
