@@ -32,23 +32,23 @@ func TestExample(t *testing.T) {
 	lbKey, lbID := proctest.KeyFile(t, dir, "lb.key")
 	echoKey, echoID := proctest.KeyFile(t, dir, "echo.key")
 
-	lb := startProc(t, "balancer", lbBin, "serve", "--identity", lbKey, "--admin", "off",
+	lb := proctest.Start(t, "balancer", exec.Command(lbBin, "serve", "--identity", lbKey, "--admin", "off",
 		"--listen", "/ip4/127.0.0.1/tcp/0",
 		"--listen", "/ip4/127.0.0.1/tcp/0/ws",
 		"--listen", "/ip4/127.0.0.1/udp/0/quic-v1/webtransport",
 		"--listen", "/ip4/127.0.0.1/udp/0/webrtc-direct",
-		"--allow", echoID.String()+"=/libp2p-balancer/example/*")
-	testnet.Eventually(t, 20*time.Second, func() bool { return len(lb.lines()) == 4 }, "the balancer printed its 4 addresses")
+		"--allow", echoID.String()+"=/libp2p-balancer/example/*"), proctest.Options{})
+	lbAddrs := lb.Lines(t, 4, 20*time.Second) // one per --listen
 	web, err := filepath.Abs(filepath.Dir(bundle))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex := startProc(t, "examples/browser", exBin, "--identity", echoKey, "--balancer", lb.lines()[0],
-		"--http", "127.0.0.1:0", "--web", web)
-	testnet.Eventually(t, 20*time.Second, func() bool { return len(ex.lines()) == 1 }, "the example printed its URL")
-	pageURL, ok := strings.CutPrefix(ex.lines()[0], "open ")
+	ex := proctest.Start(t, "examples/browser", exec.Command(exBin, "--identity", echoKey, "--balancer", lbAddrs[0],
+		"--http", "127.0.0.1:0", "--web", web), proctest.Options{})
+	exLine := ex.Lines(t, 1, 20*time.Second)[0]
+	pageURL, ok := strings.CutPrefix(exLine, "open ")
 	if !ok {
-		t.Fatalf("the example printed %q, want `open URL`", ex.lines()[0])
+		t.Fatalf("the example printed %q, want `open URL`", exLine)
 	}
 	// The page reads the balancer's browser addresses once, when it
 	// loads; the backend knows them once identify has run.
@@ -100,37 +100,4 @@ func TestExample(t *testing.T) {
 	if errs := br.Errors(); len(errs) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(errs, "\n"))
 	}
-}
-
-// proc is a process a test runs; it is killed when the test ends, and its
-// output is logged if the test failed.
-type proc struct {
-	cmd            *exec.Cmd
-	stdout, stderr proctest.SyncBuffer
-}
-
-func startProc(t *testing.T, name, path string, args ...string) *proc {
-	t.Helper()
-	p := &proc{cmd: exec.Command(path, args...)}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-		if t.Failed() {
-			t.Logf("--- %s\n--- stdout:\n%s--- stderr:\n%s", name, p.stdout.String(), p.stderr.String())
-		}
-	})
-	return p
-}
-
-// lines returns the complete lines printed on standard output so far.
-func (p *proc) lines() []string {
-	s := p.stdout.String()
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return strings.Split(s[:i], "\n")
-	}
-	return nil
 }
