@@ -32,7 +32,7 @@ func Echo(s network.Stream) {
 }
 
 // RoundTrip writes payload on s, half-closes, reads the echo back and
-// checks it, and closes s. It does not need a testing.T, so that many
+// checks it, and closes s (a Close error is not a failed round trip). It does not need a testing.T, so that many
 // goroutines can use it; CheckRoundTrip is the form for a test's own
 // goroutine.
 func RoundTrip(s network.Stream, payload []byte) error {
@@ -58,7 +58,12 @@ func RoundTrip(s network.Stream, payload []byte) error {
 		s.Reset()
 		return fmt.Errorf("echo differs: got %d bytes, want %d: %w", len(got), len(payload), io.ErrUnexpectedEOF)
 	}
-	return s.Close()
+	// The round trip is complete and checked. Close can still fail, when
+	// the connection goes right after the echo (a backend killed under
+	// load): that loses no byte, and a test that counts failed streams
+	// must not count it.
+	s.Close()
+	return nil
 }
 
 // CheckRoundTrip is RoundTrip that fails the test on error.
