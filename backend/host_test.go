@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
@@ -26,7 +27,8 @@ import (
 func TestHostStreams(t *testing.T) {
 	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		a := lbtest.NewIdentity(t)
-		f := lbtest.New(t, tr, []lbtest.Identity{a})
+		// E listens on loopback, which the default dial policy refuses.
+		f := lbtest.New(t, tr, []lbtest.Identity{a}, balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}))
 		be, _ := f.NewBackend(a, nil)
 		h := backend.NewHost(be)
 		if h.ID() != f.Host.ID() {
