@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // TestCloseResetsLateHandshake: a forward handshake that completes after
@@ -23,10 +24,10 @@ import (
 // carried on after Close had returned.
 func TestCloseResetsLateHandshake(t *testing.T) {
 	const late protocol.ID = "/test/late/1.0.0"
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		id := newIdentity(t)
-		f := newFixture(t, tr, []identity{id})
-		be, _ := f.newBackend(id, nil)
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		id := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{id})
+		be, _ := f.NewBackend(id, nil)
 		entered := make(chan struct{}, 1)
 		release := make(chan struct{})
 		handled := make(chan error, 1)
@@ -43,13 +44,13 @@ func TestCloseResetsLateHandshake(t *testing.T) {
 				s.Close()
 			}, nil
 		})
-		waitRegistered(t, be, late)
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, late)
+		lbtest.WaitRegistered(t, be, late)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, late)
 
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		s, err := d.NewStream(ctx, f.host.ID(), late)
+		s, err := d.NewStream(ctx, f.Host.ID(), late)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +67,7 @@ func TestCloseResetsLateHandshake(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("the backend was never offered the stream")
 		}
-		if err := f.lb.Close(); err != nil {
+		if err := f.LB.Close(); err != nil {
 			t.Fatal(err)
 		}
 		close(release)
@@ -83,7 +84,7 @@ func TestCloseResetsLateHandshake(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("the backend's handler never ran")
 		}
-		testnet.Eventually(t, 5*time.Second, func() bool { return f.lb.ActiveStreams() == 0 }, "no stream in flight after Close")
+		testnet.Eventually(t, 5*time.Second, func() bool { return f.LB.ActiveStreams() == 0 }, "no stream in flight after Close")
 	})
 }
 
@@ -92,24 +93,24 @@ func TestCloseResetsLateHandshake(t *testing.T) {
 // ended even if its handler never closes it.
 func TestDrainWaitsForStreams(t *testing.T) {
 	const held protocol.ID = "/test/held/1.0.0"
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		id := newIdentity(t)
-		f := newFixture(t, tr, []identity{id})
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		id := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{id})
 		streams := make(chan network.Stream, 2)
-		be, _ := f.newBackend(id, map[protocol.ID]network.StreamHandler{
+		be, _ := f.NewBackend(id, map[protocol.ID]network.StreamHandler{
 			// Keeps the stream open after returning, as a handler that
 			// hands it to another goroutine does.
 			held: func(s network.Stream) { streams <- s },
 		})
-		waitRegistered(t, be, held)
-		d := f.newPeer()
-		waitServed(t, d, f.host.ID(), true, held)
+		lbtest.WaitRegistered(t, be, held)
+		d := f.NewPeer()
+		lbtest.WaitServed(t, d, f.Host.ID(), true, held)
 
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		open := func() (client, backendSide network.Stream) {
 			t.Helper()
-			s, err := d.NewStream(ctx, f.host.ID(), held)
+			s, err := d.NewStream(ctx, f.Host.ID(), held)
 			if err != nil {
 				t.Fatal(err)
 			}

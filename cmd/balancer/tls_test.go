@@ -27,7 +27,7 @@ func TestServeTLSReload(t *testing.T) {
 	}
 	p, _ := serve(t, "serve", "--identity", filepath.Join(dir, "lb.key"),
 		"--listen", "/ip4/127.0.0.1/tcp/0/tls/ws", "--tls-cert", certPath, "--tls-key", keyPath)
-	addr := p.lines(t, 2, 10*time.Second)[1] // after serve's TCP address
+	addr := p.Lines(t, 2, 10*time.Second)[1] // after serve's TCP address
 	if !strings.Contains(addr, "/tls/ws/") {
 		t.Fatalf("serve printed %q, want a /tls/ws address", addr)
 	}
@@ -59,7 +59,7 @@ func TestServeTLSReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	renewed := leaf()
-	p.signal(t, syscall.SIGHUP)
+	p.Signal(t, syscall.SIGHUP)
 	testnet.Eventually(t, 10*time.Second, func() bool { return served().Equal(renewed) },
 		"new connections get the renewed certificate after SIGHUP")
 
@@ -67,13 +67,13 @@ func TestServeTLSReload(t *testing.T) {
 	if err := certfile.WriteSelfSigned(filepath.Join(dir, "x.crt"), keyPath, time.Now().Add(time.Hour), "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	p.signal(t, syscall.SIGHUP)
-	testnet.Eventually(t, 10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "TLS certificate not reloaded") },
+	p.Signal(t, syscall.SIGHUP)
+	testnet.Eventually(t, 10*time.Second, func() bool { return strings.Contains(p.Stderr.String(), "TLS certificate not reloaded") },
 		"serve logs the failed reload")
 	if !served().Equal(renewed) {
 		t.Error("a failed reload changed the certificate served")
 	}
-	if p.exited() {
+	if p.Exited() {
 		t.Fatal("serve exited on SIGHUP")
 	}
 }
