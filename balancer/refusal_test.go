@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/metrics"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
@@ -37,22 +38,22 @@ import (
 // log flooding).
 func TestRefusalLogFlood(t *testing.T) {
 	const forwards, registrations, inbound = 300, 100, 200
-	a := newIdentity(t)
+	a := lbtest.NewIdentity(t)
 	logs := &proctest.SyncBuffer{}
 	reg := prometheus.NewRegistry()
 	tr, err := metrics.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, testnet.TCP, []identity{a},
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a},
 		balancer.WithLogger(slog.New(slog.NewJSONHandler(logs, nil))),
 		balancer.WithTracer(tr),
 		balancer.WithLimits(balancer.Limits{NewStreamsPerSecondPerPeer: 5}))
-	lb := f.host.ID()
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/svc": echo})
-	waitRegistered(t, be, "/svc")
+	lb := f.Host.ID()
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/svc": testnet.Echo})
+	lbtest.WaitRegistered(t, be, "/svc")
 
-	stranger := f.newPeer()
+	stranger := f.NewPeer()
 	for range forwards {
 		s, err := stranger.NewStream(context.Background(), lb, wire.ForwardID)
 		if err != nil {
@@ -66,16 +67,16 @@ func TestRefusalLogFlood(t *testing.T) {
 		s.Close()
 	}
 	for range registrations {
-		if resp := rawRequest(t, stranger, lb, &pb.RoutingRequest{Protocols: []string{"/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+		if resp := lbtest.RawRequest(t, stranger, lb, &pb.RoutingRequest{Protocols: []string{"/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
 			t.Fatalf("stranger's registration: %v", resp)
 		}
 	}
-	flooder := f.newPeer()
-	waitServed(t, flooder, lb, true, "/svc")
+	flooder := f.NewPeer()
+	lbtest.WaitServed(t, flooder, lb, true, "/svc")
 	limited := 0
 	for range inbound {
 		var se *network.StreamError
-		if err := echoOnce(flooder, f, "/svc", []byte("flood")); errors.As(err, &se) && se.ErrorCode == network.StreamRateLimited {
+		if err := f.EchoOnce(flooder, "/svc", []byte("flood")); errors.As(err, &se) && se.ErrorCode == network.StreamRateLimited {
 			limited++
 		}
 	}
@@ -108,7 +109,7 @@ func TestRefusalLogFlood(t *testing.T) {
 	}
 	// Close writes what was still being counted; then the lines add up to
 	// every refusal, as the metrics do.
-	f.lb.Close()
+	f.LB.Close()
 	for _, k := range kinds {
 		_, total := logged(t, logs.Bytes(), k.msg, k.reason)
 		got := int(gathered(t, reg, k.metric, k.labels))
@@ -124,10 +125,10 @@ func TestRefusalLogFlood(t *testing.T) {
 // flooding).
 func TestForgedForwardFlood(t *testing.T) {
 	const forged = 200
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a})
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
 	logs := &proctest.SyncBuffer{}
-	be, ah := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/p": echo},
+	be, ah := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/p": testnet.Echo},
 		backend.WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
 	forger := testnet.NewHost(t, testnet.TCP, testnet.Options{})
 	forger.Peerstore().AddAddrs(ah.ID(), nil, time.Hour)
@@ -138,7 +139,7 @@ func TestForgedForwardFlood(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-		_ = wire.WriteMsg(s, &pb.Forward{Peer: []byte(f.host.ID()), Protocols: []string{"/p"}})
+		_ = wire.WriteMsg(s, &pb.Forward{Peer: []byte(f.Host.ID()), Protocols: []string{"/p"}})
 		if _, err := io.ReadAll(s); err == nil {
 			t.Fatal("forged forward stream was not reset")
 		}
@@ -227,18 +228,18 @@ func labelsInclude(m *dto.Metric, want map[string]string) bool {
 // cardinality).
 func TestOutboundLabelsBounded(t *testing.T) {
 	const rounds = 40
-	a := newIdentity(t)
+	a := lbtest.NewIdentity(t)
 	reg := prometheus.NewRegistry()
 	tr, err := metrics.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithTracer(tr), loopbackTargets)
-	be, ah := f.newBackend(a, map[protocol.ID]network.StreamHandler{"/routed": echo})
-	waitRegistered(t, be, "/routed")
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithTracer(tr), loopbackTargets)
+	be, ah := f.NewBackend(a, map[protocol.ID]network.StreamHandler{"/routed": testnet.Echo})
+	lbtest.WaitRegistered(t, be, "/routed")
 	none := testnet.NewHost(t, testnet.TCP, testnet.Options{})
 	anything := testnet.NewHost(t, testnet.TCP, testnet.Options{})
-	anything.SetStreamHandlerMatch("/", func(protocol.ID) bool { return true }, echo)
+	anything.SetStreamHandlerMatch("/", func(protocol.ID) bool { return true }, testnet.Echo)
 	ah.Peerstore().AddAddrs(none.ID(), none.Addrs(), time.Hour)
 	ah.Peerstore().AddAddrs(anything.ID(), anything.Addrs(), time.Hour)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -246,7 +247,7 @@ func TestOutboundLabelsBounded(t *testing.T) {
 	open := func(target peer.ID, p protocol.ID) error {
 		s, err := be.NewStream(ctx, target, p)
 		if err == nil {
-			roundTrip(t, s, []byte("x"))
+			testnet.CheckRoundTrip(t, s, []byte("x"))
 		}
 		return err
 	}
@@ -265,7 +266,7 @@ func TestOutboundLabelsBounded(t *testing.T) {
 	if err := open(none.ID(), "/routed"); !errors.Is(err, notSupported) {
 		t.Fatalf("outbound on /routed: %v", err)
 	}
-	testnet.Eventually(t, 10*time.Second, func() bool { return f.lb.ActiveStreams() == 0 }, "every stream ended")
+	testnet.Eventually(t, 10*time.Second, func() bool { return f.LB.ActiveStreams() == 0 }, "every stream ended")
 
 	protos := map[string]float64{}
 	for _, name := range []string{"libp2p_balancer_streams_refused_total", "libp2p_balancer_streams_total"} {
@@ -287,11 +288,11 @@ func TestOutboundLabelsBounded(t *testing.T) {
 // the log does: an outbound PERMISSION_DENIED shows the protocol asked for,
 // the backend and the target; a stranger's shows the stranger.
 func TestRefusalEvents(t *testing.T) {
-	b := newIdentity(t)
+	b := lbtest.NewIdentity(t)
 	events := admin.NewEvents(0)
-	f := newFixture(t, testnet.TCP, nil, balancer.WithAllow(b.id, "/ok"), balancer.WithTracer(events))
+	f := lbtest.New(t, testnet.TCP, nil, balancer.WithAllow(b.ID, "/ok"), balancer.WithTracer(events))
 	e := testnet.NewHost(t, testnet.TCP, testnet.Options{})
-	be, bh := f.newBackend(b, nil)
+	be, bh := f.NewBackend(b, nil)
 	bh.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -299,8 +300,8 @@ func TestRefusalEvents(t *testing.T) {
 	if _, err := be.NewStream(ctx, e.ID(), "/nope"); !errors.Is(err, denied) {
 		t.Fatalf("outbound on a protocol not allowed: %v", err)
 	}
-	stranger := f.newPeer()
-	s, err := stranger.NewStream(ctx, f.host.ID(), wire.ForwardID)
+	stranger := f.NewPeer()
+	s, err := stranger.NewStream(ctx, f.Host.ID(), wire.ForwardID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func TestRefusalEvents(t *testing.T) {
 		t.Fatalf("events: %+v, want 2", got)
 	}
 	st, bk := got[0], got[1]
-	if bk.Kind != admin.KindStreamRefused || bk.Direction != "outbound" || bk.Protocol != "/nope" || bk.Peer != b.id.String() ||
+	if bk.Kind != admin.KindStreamRefused || bk.Direction != "outbound" || bk.Protocol != "/nope" || bk.Peer != b.ID.String() ||
 		bk.Target != e.ID().String() || bk.Reason != "PERMISSION_DENIED" || !strings.Contains(bk.Detail, "/nope") {
 		t.Errorf("the backend's refusal: %+v", bk)
 	}
