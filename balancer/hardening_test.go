@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -24,20 +25,20 @@ import (
 // pool is taken at wire.MaxWeight, so a backend of weight 1 still gets its
 // share: one stream in every MaxWeight+1.
 func TestWeightIsCapped(t *testing.T) {
-	greedy, fair := newIdentity(t), newIdentity(t)
+	greedy, fair := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
 	const proto protocol.ID = "/test/weighted"
-	f := newFixture(t, testnet.TCP, []identity{greedy, fair}, balancer.WithPolicy(string(proto), balancer.Policy{Strategy: balancer.Weighted}))
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{greedy, fair}, balancer.WithPolicy(string(proto), balancer.Policy{Strategy: balancer.Weighted}))
 	var greedyN, fairN atomic.Int64
 	// The greedy backend is a real backend (it must answer forward
 	// streams) whose weight is then raised by a request of its own; with
 	// no keepalive it does not re-send its weight during the test.
-	be, gh := f.newBackend(greedy, map[protocol.ID]network.StreamHandler{proto: countingEcho(&greedyN)}, backend.WithKeepalive(0), backend.WithTTL(600e9))
-	waitRegistered(t, be, proto)
-	fb, _ := f.newBackend(fair, map[protocol.ID]network.StreamHandler{proto: countingEcho(&fairN)})
-	waitRegistered(t, fb, proto)
+	be, gh := f.NewBackend(greedy, map[protocol.ID]network.StreamHandler{proto: countingEcho(&greedyN)}, backend.WithKeepalive(0), backend.WithTTL(600e9))
+	lbtest.WaitRegistered(t, be, proto)
+	fb, _ := f.NewBackend(fair, map[protocol.ID]network.StreamHandler{proto: countingEcho(&fairN)})
+	lbtest.WaitRegistered(t, fb, proto)
 	greedyWeight := func() uint32 {
-		for _, r := range f.lb.Routes() {
-			if r.Backend == greedy.id {
+		for _, r := range f.LB.Routes() {
+			if r.Backend == greedy.ID {
 				return r.Weight
 			}
 		}
@@ -46,7 +47,7 @@ func TestWeightIsCapped(t *testing.T) {
 	// The backend's own session may send its weight once more just after
 	// connecting; claim the weight until it holds.
 	testnet.Eventually(t, 10*time.Second, func() bool {
-		if resp := rawRequest(t, gh, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 600, Weight: math.MaxUint32}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, gh, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 600, Weight: math.MaxUint32}); resp.Status != pb.Status_OK {
 			t.Fatal(resp)
 		}
 		return greedyWeight() != 1
@@ -54,8 +55,8 @@ func TestWeightIsCapped(t *testing.T) {
 	if w := greedyWeight(); w != wire.MaxWeight {
 		t.Fatalf("the greedy backend's weight is %d, want it capped at %d", w, wire.MaxWeight)
 	}
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, proto)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
 	runStreams(t, f, []host.Host{d}, proto, wire.MaxWeight+1, 4)
 	if w := greedyWeight(); w != wire.MaxWeight {
 		t.Fatalf("the greedy backend re-registered with weight %d during the test", w)
@@ -64,7 +65,7 @@ func TestWeightIsCapped(t *testing.T) {
 		t.Fatalf("of %d streams the weight-1 backend served %d and the greedy one %d; want 1 and %d",
 			wire.MaxWeight+1, fairN.Load(), greedyN.Load(), wire.MaxWeight)
 	}
-	if b2, err := backend.New(gh, []peer.AddrInfo{f.info()}, backend.WithWeight(wire.MaxWeight+1)); err == nil || !strings.Contains(err.Error(), "weight") {
+	if b2, err := backend.New(gh, []peer.AddrInfo{f.Info()}, backend.WithWeight(wire.MaxWeight+1)); err == nil || !strings.Contains(err.Error(), "weight") {
 		if b2 != nil {
 			b2.Close()
 		}
@@ -83,12 +84,12 @@ func TestRateBelowOneIsRefused(t *testing.T) {
 			t.Errorf("rate %v: err = %v, want a refusal naming the limit", rate, err)
 		}
 	}
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithLimits(balancer.Limits{NewStreamsPerSecondPerPeer: 1}))
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithLimits(balancer.Limits{NewStreamsPerSecondPerPeer: 1}))
 	const proto protocol.ID = "/test/slow"
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: echo})
-	waitRegistered(t, be, proto)
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, proto)
-	openAndEcho(t, d, f.host.ID(), proto, []byte("one a second"))
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{proto: testnet.Echo})
+	lbtest.WaitRegistered(t, be, proto)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
+	openAndEcho(t, d, f.Host.ID(), proto, []byte("one a second"))
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // holder is a backend handler that holds every stream open until release,
@@ -69,7 +70,7 @@ func burst(t *testing.T, lb host.Host, proto protocol.ID, h *holder, n int, each
 	for i := 0; i < n; i += perPeer {
 		d := testnet.NewHost(t, testnet.QUIC, testnet.Options{NoListen: true})
 		testnet.Connect(t, d, lb)
-		waitServed(t, d, lb.ID(), true, proto)
+		lbtest.WaitServed(t, d, lb.ID(), true, proto)
 		ds = append(ds, d)
 	}
 	base := h.arrived.Load()
@@ -123,20 +124,20 @@ func burst(t *testing.T, lb host.Host, proto protocol.ID, h *holder, n int, each
 // backend open lanes, never more than its cap, and once the burst is over
 // the idle lanes are closed.
 func TestLanesCappedAndReclaimed(t *testing.T) {
-	a := newIdentity(t)
+	a := lbtest.NewIdentity(t)
 	// Long handshake timeouts: a burst of 500 streams under -race on a
 	// loaded machine must not be refused for slowness.
-	f := newFixture(t, testnet.QUIC, []identity{a}, balancer.WithHandshakeTimeout(30*time.Second))
+	f := lbtest.New(t, testnet.QUIC, []lbtest.Identity{a}, balancer.WithHandshakeTimeout(30*time.Second))
 	const proto protocol.ID = "/test/lanes"
 	h := newHolder()
 	// One lane at most: 512 streams per direction. 500 held streams leave
 	// less than the 64 of headroom, so without the cap a second lane opens.
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: h.handle},
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{proto: h.handle},
 		backend.WithLaneLimits(1, 300*time.Millisecond), backend.WithHandshakeTimeout(30*time.Second))
-	waitRegistered(t, be, proto)
+	lbtest.WaitRegistered(t, be, proto)
 	most := 0
-	wait := burst(t, f.host, proto, h, 500, func() {
-		most = max(most, len(f.host.Network().ConnsToPeer(a.id)))
+	wait := burst(t, f.Host, proto, h, 500, func() {
+		most = max(most, len(f.Host.Network().ConnsToPeer(a.ID)))
 	})
 	if lanes := be.Status()[0].Lanes; lanes != 1 || most > 2 {
 		t.Fatalf("%d lanes, and the balancer saw up to %d connections from the backend; want 1 lane, 2 connections", lanes, most)
@@ -144,7 +145,7 @@ func TestLanesCappedAndReclaimed(t *testing.T) {
 	h.let()
 	wait()
 	testnet.Eventually(t, 10*time.Second, func() bool {
-		return be.Status()[0].Lanes == 0 && len(f.host.Network().ConnsToPeer(a.id)) == 1
+		return be.Status()[0].Lanes == 0 && len(f.Host.Network().ConnsToPeer(a.ID)) == 1
 	}, "the idle lane to close (lanes %d)", be.Status()[0].Lanes)
 }
 
@@ -153,16 +154,16 @@ func TestLanesCappedAndReclaimed(t *testing.T) {
 // here, so only their death can close them); the backend registers with the
 // new balancer and opens new lanes for the next burst.
 func TestLanesAfterBalancerRestart(t *testing.T) {
-	a := newIdentity(t)
+	a := lbtest.NewIdentity(t)
 	lbKey, _ := testnet.Key(t)
 	startLB := func(listen string) (host.Host, *balancer.Balancer) {
-		o := testnet.Options{Key: lbKey, LinkPeers: []peer.ID{a.id}}
+		o := testnet.Options{Key: lbKey, LinkPeers: []peer.ID{a.ID}}
 		if listen != "" {
 			o.NoListen = true
 			o.Extra = []libp2p.Option{libp2p.ListenAddrStrings(listen)}
 		}
 		lh := testnet.NewHost(t, testnet.QUIC, o)
-		lb, err := balancer.New(lh, balancer.WithAllow(a.id), balancer.WithHandshakeTimeout(30*time.Second))
+		lb, err := balancer.New(lh, balancer.WithAllow(a.ID), balancer.WithHandshakeTimeout(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +173,7 @@ func TestLanesAfterBalancerRestart(t *testing.T) {
 	lh, lb := startLB("")
 	const proto protocol.ID = "/test/lanes"
 	h := newHolder()
-	bh := testnet.NewHost(t, testnet.QUIC, testnet.Options{Key: a.key, LinkPeers: []peer.ID{lh.ID()}, NoListen: true})
+	bh := testnet.NewHost(t, testnet.QUIC, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lh.ID()}, NoListen: true})
 	be, err := backend.New(bh, []peer.AddrInfo{testnet.Info(lh)}, backend.WithLaneLimits(backend.DefaultMaxLanes, 0),
 		backend.WithHandshakeTimeout(30*time.Second))
 	if err != nil {
@@ -180,7 +181,7 @@ func TestLanesAfterBalancerRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { be.Close() })
 	be.SetStreamHandler(proto, h.handle)
-	waitRegistered(t, be, proto)
+	lbtest.WaitRegistered(t, be, proto)
 	// 300 streams need one lane: one connection holds 256, less 64 of
 	// headroom.
 	wait := burst(t, lh, proto, h, 300, func() {})
@@ -199,7 +200,7 @@ func TestLanesAfterBalancerRestart(t *testing.T) {
 	lh, _ = startLB(addr)
 	testnet.Eventually(t, 20*time.Second, func() bool {
 		st := be.Status()[0]
-		return st.Connected && len(st.Protocols) == 1 && len(lh.Network().ConnsToPeer(a.id)) > 0
+		return st.Connected && len(st.Protocols) == 1 && len(lh.Network().ConnsToPeer(a.ID)) > 0
 	}, "the backend registered with the restarted balancer")
 	wait = burst(t, lh, proto, h, 300, func() {})
 	if n := be.Status()[0].Lanes; n != 1 {

@@ -23,21 +23,21 @@ func TestKeyFileOpenToOthers(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, "id", procOpts{}, "id", "--identity", path)
-	if code := p.wait(t, 20*time.Second); code != 0 {
+	p := start(t, "id", proctest.Options{}, "id", "--identity", path)
+	if code := p.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("id exited %d", code)
 	}
-	if !strings.Contains(p.stderr.String(), "chmod 600 "+path) {
-		t.Fatalf("id on a 0644 key file said %q, want a warning", p.stderr.String())
+	if !strings.Contains(p.Stderr.String(), "chmod 600 "+path) {
+		t.Fatalf("id on a 0644 key file said %q, want a warning", p.Stderr.String())
 	}
 	s, _ := serve(t, "serve", "--identity", path)
-	testnet.Eventually(t, 20*time.Second, func() bool { return strings.Contains(s.stderr.String(), "open to other users") },
+	testnet.Eventually(t, 20*time.Second, func() bool { return strings.Contains(s.Stderr.String(), "open to other users") },
 		"serve's warning about the key file")
 
 	closed, _ := proctest.KeyFile(t, dir, "closed.key")
-	p = start(t, "id", procOpts{}, "id", "--identity", closed)
-	if code := p.wait(t, 20*time.Second); code != 0 || p.stderr.String() != "" {
-		t.Fatalf("id on a 0600 key file: exit %d, stderr %q", code, p.stderr.String())
+	p = start(t, "id", proctest.Options{}, "id", "--identity", closed)
+	if code := p.Wait(t, 20*time.Second); code != 0 || p.Stderr.String() != "" {
+		t.Fatalf("id on a 0600 key file: exit %d, stderr %q", code, p.Stderr.String())
 	}
 }
 

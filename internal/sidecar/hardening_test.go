@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 )
 
 // TestOutboundOffLoopback: an outbound listener lets whoever reaches it
@@ -20,7 +21,7 @@ import (
 // OutboundPublic says the operator meant it. With it, a connection to the
 // listener (over loopback) is carried through as usual.
 func TestOutboundOffLoopback(t *testing.T) {
-	key, id := newKey(t)
+	key, id := testnet.Key(t)
 	lb := newBalancer(t, nil, id)
 	e := newHost(t, nil, true)
 	e.SetStreamHandler("/t/e", func(s network.Stream) {
@@ -31,7 +32,7 @@ func TestOutboundOffLoopback(t *testing.T) {
 		return []sidecar.Outbound{{Listen: listen, Peer: e.ID(), Addrs: e.Addrs(), Protocols: []protocol.ID{"/t/e"}}}
 	}
 	for _, listen := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:0", "example.com:0"} {
-		sc, err := sidecar.Start(sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, Outbound: out(listen)})
+		sc, err := sidecar.Start(sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)}, Outbound: out(listen)})
 		if err == nil {
 			sc.Close()
 		}
@@ -40,10 +41,10 @@ func TestOutboundOffLoopback(t *testing.T) {
 		}
 	}
 	for _, listen := range []string{"127.0.0.1:0", "localhost:0"} {
-		sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, Outbound: out(listen)})
+		sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)}, Outbound: out(listen)})
 		sc.Close()
 	}
-	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, Outbound: out("0.0.0.0:0"), OutboundPublic: true})
+	sc := start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)}, Outbound: out("0.0.0.0:0"), OutboundPublic: true})
 	port := sc.OutboundAddrs()[0].(*net.TCPAddr).Port
 	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {

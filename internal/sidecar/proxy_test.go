@@ -18,13 +18,15 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // hostOn starts a host that listens on addrs; relayed turns go-libp2p's
 // circuit relay transport back on (node.New turns it off).
 func hostOn(t *testing.T, relayed bool, link []peer.ID, addrs ...string) host.Host {
 	t.Helper()
-	key, _ := newKey(t)
+	key, _ := testnet.Key(t)
 	cfg := node.Config{Key: key, LinkPeers: link, Options: []libp2p.Option{libp2p.Ping(false)}}
 	if relayed {
 		cfg.Options = append(cfg.Options, libp2p.EnableRelay())
@@ -46,21 +48,22 @@ func hostOn(t *testing.T, relayed bool, link []peer.ID, addrs ...string) host.Ho
 // is told to.
 func TestProxyHeaderOverQUIC(t *testing.T) {
 	for _, dgram := range []bool{false, true} {
-		key, id := newKey(t)
+		key, id := testnet.Key(t)
 		lb := hostOn(t, false, []peer.ID{id}, "/ip4/127.0.0.1/udp/0/quic-v1")
 		b, err := balancer.New(lb, balancer.WithAllow(id))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { b.Close() })
-		addr, headers := echoService(t, true)
-		start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, ProxyProtocol: true, ProxyProtocolDatagram: dgram,
+		echo := testnet.StartTCPEcho(t, true)
+		addr, headers := echo.Addr, echo.Headers
+		start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)}, ProxyProtocol: true, ProxyProtocolDatagram: dgram,
 			Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
 		d := hostOn(t, false, nil)
-		if err := d.Connect(context.Background(), info(lb)); err != nil {
+		if err := d.Connect(context.Background(), testnet.Info(lb)); err != nil {
 			t.Fatal(err)
 		}
-		waitServed(t, d, lb.ID(), "/t/echo", true)
+		lbtest.WaitServed(t, d, lb.ID(), true, "/t/echo")
 		if got := roundTrip(t, d, lb.ID(), "/t/echo", "quic"); got != "quic" {
 			t.Fatalf("echo %q", got)
 		}
@@ -80,7 +83,7 @@ func TestProxyHeaderOverQUIC(t *testing.T) {
 // the header carries no address block (UNSPEC), only its peer ID, even with
 // the datagram option on.
 func TestProxyHeaderRelayed(t *testing.T) {
-	key, id := newKey(t)
+	key, id := testnet.Key(t)
 	r := hostOn(t, false, nil, "/ip4/127.0.0.1/tcp/0")
 	if _, err := relay.New(r); err != nil {
 		t.Fatal(err)
@@ -93,14 +96,15 @@ func TestProxyHeaderRelayed(t *testing.T) {
 	t.Cleanup(func() { b.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := lb.Connect(ctx, info(r)); err != nil {
+	if err := lb.Connect(ctx, testnet.Info(r)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Reserve(ctx, lb, info(r)); err != nil {
+	if _, err := client.Reserve(ctx, lb, testnet.Info(r)); err != nil {
 		t.Fatal(err)
 	}
-	addr, headers := echoService(t, true)
-	start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{info(lb)}, ProxyProtocol: true, ProxyProtocolDatagram: true,
+	echo := testnet.StartTCPEcho(t, true)
+	addr, headers := echo.Addr, echo.Headers
+	start(t, sidecar.Config{Key: key, Balancers: []peer.AddrInfo{testnet.Info(lb)}, ProxyProtocol: true, ProxyProtocolDatagram: true,
 		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
 
 	d := hostOn(t, true, nil)
