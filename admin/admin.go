@@ -236,15 +236,21 @@ func (h *Handler) ready() error {
 	if h.Ready != nil {
 		return h.Ready()
 	}
+	if h.Balancer != nil && h.Balancer.Draining() {
+		// The routing-request handler stays while the balancer drains
+		// (it answers DRAINING), so DefaultReady alone would still say
+		// ready.
+		return errors.New("the balancer is not serving (draining before it stops)")
+	}
 	return DefaultReady(h.Host)
 }
 
 // DefaultReady is the readiness check a Handler uses unless told
 // otherwise: h listens on at least one address and serves the balancer
-// protocol, that is the Balancer on it has neither been closed nor started
-// shutting down (Shutdown removes the protocol's handlers first, so a
-// draining balancer turns unready at once and a load balancer in front of
-// it stops sending new peers its way).
+// protocol, that is the Balancer on it has not been closed. A Handler with
+// a Balancer also reports unready from the moment Shutdown starts (see
+// Balancer.Draining), so that a load balancer in front of it stops sending
+// new peers its way while the streams in flight finish.
 //
 // Having routes is deliberately not required: backends must reach a ready
 // balancer to register, so gating readiness on routes could keep a fresh

@@ -66,7 +66,10 @@ func WithHandshakeTimeout(d time.Duration) Option {
 }
 
 // WithBackoff sets the bounds of the exponential back-off between failed
-// attempts to reach or register with a balancer. Default 100 ms to 30 s.
+// attempts to reach or register with a balancer. Default 100 ms to 30 s;
+// the keepalive interval (WithKeepalive) caps it too, so that a restarted
+// balancer is found within that interval. Nothing shortens a back-off: a
+// connection event or a new handler meanwhile waits for its end.
 func WithBackoff(min, max time.Duration) Option {
 	return func(c *config) error {
 		if min <= 0 || max < min {
@@ -130,7 +133,8 @@ func WithWeight(w uint32) Option {
 // registration to each balancer even when the TTL would allow waiting
 // longer; default 5 s, 0 to extend only at half the TTL. Besides extending
 // the routes, it is the backend's liveness check of the link: after two
-// exchanges in a row with no answer at all, the backend drops its
+// exchanges in a row with no answer at all (any answer, even a refusal or
+// DRAINING, resets the count), the backend drops its
 // connections to that balancer and dials anew, which finds a cut link or a
 // balancer restarted without a word within seconds rather than after
 // go-libp2p's 30–45 s keepalive timeouts.

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	msmux "github.com/multiformats/go-multistream"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/link"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
@@ -92,37 +94,68 @@ func (s *session) run() {
 	backoff := s.b.cfg.backoffMin
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	silent := 0 // exchanges in a row that failed without an answer
+	// notBefore is the end of the back-off after a failure: kicks
+	// (connectedness events, handler changes) wait for it rather than
+	// retry at once. Issue 14 saw 60 to 95 attempts in half a second when
+	// every kick bypassed it.
+	var notBefore time.Time
+	silent := 0       // exchanges in a row that got no answer at all
+	var failing state // what the failures in a row were; zero after a success
 	for {
 		select {
 		case <-s.b.ctx.Done():
 			return
 		case <-s.kickC:
+			if time.Now().Before(notBefore) {
+				continue // the timer fires at notBefore, and step sends all
+			}
 		case <-timer.C:
 		}
 		next, err := s.step()
 		if err != nil {
-			s.b.log.Warn("registration failed", "balancer", s.ai.ID, "err", err, "retry_in", backoff)
-			s.setStatus(func(st *Status) { st.LastError = err })
-			next = backoff + rand.N(backoff/5+1)
-			backoff = min(2*backoff, s.b.cfg.backoffMax)
-			var se *wire.StatusError
-			if !errors.As(err, &se) {
+			st := classify(err)
+			if st.answered {
+				silent = 0
+			} else if st.exchange {
 				silent++
 			}
+			next = backoff + rand.N(backoff/5+1)
+			backoff = min(2*backoff, s.b.cfg.backoffMax)
+			if s.b.cfg.keepalive > 0 {
+				// The keepalive bounds the back-off too, so that a
+				// restarted balancer is found within it.
+				next = min(next, s.b.cfg.keepalive)
+			}
+			notBefore = time.Now().Add(next)
+			s.setStatus(func(st *Status) {
+				st.LastError = err
+				if errors.Is(err, errDraining) {
+					// The balancer routes nothing new to anyone now.
+					st.Protocols, st.Expires = nil, time.Time{}
+				}
+			})
+			s.logFailure(failing, st, err, next)
+			failing = st
 			if silent >= 2 {
 				// Two exchanges in a row got no answer at all on a
 				// connection the host still believes in: a cut link or a
 				// balancer that died without a word (QUIC sends no RST).
 				// go-libp2p's keepalives would notice only after 30 to 45
 				// s; dropping the connections makes the next step redial.
+				// An answer of any kind (a refusal, DRAINING) proves the
+				// link alive and never gets here: the connections carry
+				// streams in flight.
+				s.b.log.Info("balancer silent; dropping its connections to redial", "balancer", s.ai.ID)
 				s.dropConns()
 				silent = 0
 			}
-		} else {
-			backoff = s.b.cfg.backoffMin
-			silent = 0
+			timer.Reset(next)
+			continue
 		}
+		if failing != (state{}) {
+			s.b.log.Info("registration restored", "balancer", s.ai.ID)
+		}
+		backoff, failing, silent, notBefore = s.b.cfg.backoffMin, state{}, 0, time.Time{}
 		// Even with a long TTL, talk to the balancer every keepalive
 		// interval: that is how a dead link or a restarted balancer is
 		// found within seconds.
@@ -133,6 +166,65 @@ func (s *session) run() {
 	}
 }
 
+// state is what a failed registration attempt says about the balancer.
+// Consecutive failures of the same state are logged once.
+type state struct {
+	kind     string // "unreachable", "silent", "error", or a refusal's status
+	answered bool   // the balancer answered: the link works
+	exchange bool   // the failure came after the connection was up
+}
+
+// classify sorts a failure of step. Only an exchange that got nothing back
+// from the balancer is silent; a status (DRAINING, a refusal), a protocol
+// negotiation refused, or a stream reset by the balancer are all answers.
+func classify(err error) state {
+	var se *wire.StatusError
+	var re *network.StreamError
+	switch {
+	case errors.As(err, &se):
+		return state{kind: se.Status.String(), answered: true, exchange: true}
+	case errors.Is(err, errUnreachable):
+		return state{kind: "unreachable"}
+	case errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}),
+		errors.As(err, &re) && re.Remote:
+		return state{kind: "error", answered: true, exchange: true}
+	default:
+		return state{kind: "silent", exchange: true}
+	}
+}
+
+// logFailure writes one line when the failures change state (the first
+// failure, or another kind), not one per attempt; retry_in is the delay
+// actually taken before the next attempt.
+func (s *session) logFailure(prev, cur state, err error, next time.Duration) {
+	if prev == cur {
+		s.b.log.Debug("registration failed again", "balancer", s.ai.ID, "err", oneLine(err), "retry_in", next.Round(time.Millisecond))
+		return
+	}
+	if errors.Is(err, errDraining) {
+		s.b.log.Info("balancer draining; streams in flight go on, registering again once it is back",
+			"balancer", s.ai.ID, "retry_in", next.Round(time.Millisecond))
+		return
+	}
+	s.b.log.Warn("registration failed", "balancer", s.ai.ID, "err", oneLine(err), "retry_in", next.Round(time.Millisecond))
+}
+
+// errDraining matches the refusal of a balancer that is shutting down.
+var errDraining = &wire.StatusError{Status: pb.Status_DRAINING}
+
+// errUnreachable marks a failure to connect to the balancer.
+var errUnreachable = errors.New("balancer unreachable")
+
+// oneLine returns err's text on one line. go-libp2p's swarm writes a dial
+// error as a list, one "\n  * [address] cause" per address (issue 14).
+func oneLine(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimPrefix(strings.TrimSpace(l), "* ")
+	}
+	return strings.Join(lines, " ")
+}
+
 // step connects if needed and sends one request carrying every protocol the
 // backend serves (which adds or extends them) and every pending release. It
 // returns when to run again.
@@ -141,7 +233,7 @@ func (s *session) step() (time.Duration, error) {
 	defer cancel()
 	if s.b.h.Network().Connectedness(s.ai.ID) != network.Connected {
 		if err := s.connect(ctx); err != nil {
-			return 0, fmt.Errorf("connecting: %w", err)
+			return 0, fmt.Errorf("%w: %w", errUnreachable, err)
 		}
 	}
 	if s.b.draining.Load() {
@@ -250,8 +342,9 @@ func (s *session) releaseAll() {
 	if len(req.Release) == 0 {
 		return
 	}
-	if _, err := s.exchange(ctx, req); err != nil {
-		s.b.log.Warn("releasing routes failed", "balancer", s.ai.ID, "err", err)
+	// A draining balancer routes nothing new anyway.
+	if _, err := s.exchange(ctx, req); err != nil && !errors.Is(err, errDraining) {
+		s.b.log.Warn("releasing routes failed", "balancer", s.ai.ID, "err", oneLine(err))
 	}
 }
 

@@ -123,6 +123,9 @@ func (b *Balancer) Close() error {
 	err := net.ErrClosed
 	b.closeOnce.Do(func() {
 		b.stopAccepting()
+		// Only now: while Shutdown drains, the handler stays to answer
+		// DRAINING (see handleRoutingRequest).
+		b.h.RemoveStreamHandler(wire.RoutingRequestID)
 		// Close the group before resetting it: a handshake that completes
 		// from here on is refused and reset by carry, not carried on.
 		b.active.Close()
@@ -137,7 +140,10 @@ func (b *Balancer) Close() error {
 
 // Shutdown stops accepting registrations and new streams, waits until the
 // streams in flight have ended or ctx is done, then closes the Balancer as
-// Close does. It returns ctx's error when streams had to be cut.
+// Close does. It returns ctx's error when streams had to be cut. Meanwhile
+// the balancer answers every registration with DRAINING, so that backends
+// know it is going away and keep their connections, which carry the
+// streams in flight.
 func (b *Balancer) Shutdown(ctx context.Context) error {
 	b.stopAccepting()
 	err := b.active.Wait(ctx)
@@ -145,6 +151,14 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 		return cerr
 	}
 	return err
+}
+
+// Draining reports whether Shutdown or Close has started: the balancer
+// takes no new stream and no registration any more.
+func (b *Balancer) Draining() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
 }
 
 // ActiveStreams returns the number of forwarded streams in flight, both
@@ -158,7 +172,6 @@ func (b *Balancer) stopAccepting() {
 		return
 	}
 	b.closed = true
-	b.h.RemoveStreamHandler(wire.RoutingRequestID)
 	b.h.RemoveStreamHandler(wire.ForwardID)
 	for proto := range b.installed {
 		b.h.Mux().RemoveHandler(proto)

@@ -55,9 +55,15 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		if resp == nil {
 			resp = b.apply(p, &req)
 		}
-		if resp.Status == pb.Status_OK {
+		switch resp.Status {
+		case pb.Status_OK:
 			b.cfg.tracer.RegistrationHandled(p, resp.Status)
-		} else {
+		case pb.Status_DRAINING:
+			// Every backend hears it at each attempt while the drain
+			// lasts; the drain itself is logged once.
+			b.cfg.tracer.RegistrationHandled(p, resp.Status)
+			b.log.Debug("registration refused", "backend", p, "status", resp.Status)
+		default:
 			b.registrationRefused(p, resp.Status, resp.Text)
 		}
 		_ = s.SetWriteDeadline(time.Now().Add(b.cfg.handshakeTimeout))

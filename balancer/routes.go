@@ -61,7 +61,10 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return &pb.RoutingResponse{Status: pb.Status_RESOURCE_LIMIT_EXCEEDED, Text: "balancer is shutting down"}
+		// Issue 14: answered rather than unserved, so that backends
+		// tell a drain from a cut link and keep the connections that
+		// carry the streams in flight.
+		return &pb.RoutingResponse{Status: pb.Status_DRAINING, Text: "the balancer is shutting down; register again after it restarts"}
 	}
 	if resp := b.admit(p, b.backends[p], req); resp != nil {
 		return resp

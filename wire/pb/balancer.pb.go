@@ -37,7 +37,11 @@ const (
 	Status_DIAL_FAILED             Status = 203 // outbound: no connection to the target could be made
 	Status_PROTOCOL_NOT_SUPPORTED  Status = 204 // outbound: the target accepts none of the protocols
 	Status_REJECTED                Status = 205 // inbound: the backend declines this stream (no handler, overloaded)
-	Status_MALFORMED_MESSAGE       Status = 400
+	// Added in r2 (issue 14). Registration: the balancer is shutting down
+	// gracefully; it routes no new stream, takes no registration, and lets the
+	// streams in flight finish. Not a fault of the link: retry after it restarts.
+	Status_DRAINING          Status = 206
+	Status_MALFORMED_MESSAGE Status = 400
 )
 
 // Enum value maps for Status.
@@ -51,6 +55,7 @@ var (
 		203: "DIAL_FAILED",
 		204: "PROTOCOL_NOT_SUPPORTED",
 		205: "REJECTED",
+		206: "DRAINING",
 		400: "MALFORMED_MESSAGE",
 	}
 	Status_value = map[string]int32{
@@ -62,6 +67,7 @@ var (
 		"DIAL_FAILED":             203,
 		"PROTOCOL_NOT_SUPPORTED":  204,
 		"REJECTED":                205,
+		"DRAINING":                206,
 		"MALFORMED_MESSAGE":       400,
 	}
 )
@@ -376,7 +382,7 @@ const file_balancer_proto_rawDesc = "" +
 	"\x0fForwardResponse\x12+\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x13.balancer.pb.StatusR\x06status\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
-	"\x04text\x18\x03 \x01(\tR\x04text*\xc0\x01\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text*\xcf\x01\n" +
 	"\x06Status\x12\n" +
 	"\n" +
 	"\x06UNUSED\x10\x00\x12\x06\n" +
@@ -386,7 +392,8 @@ const file_balancer_proto_rawDesc = "" +
 	"\x17RESOURCE_LIMIT_EXCEEDED\x10\xca\x01\x12\x10\n" +
 	"\vDIAL_FAILED\x10\xcb\x01\x12\x1b\n" +
 	"\x16PROTOCOL_NOT_SUPPORTED\x10\xcc\x01\x12\r\n" +
-	"\bREJECTED\x10\xcd\x01\x12\x16\n" +
+	"\bREJECTED\x10\xcd\x01\x12\r\n" +
+	"\bDRAINING\x10\xce\x01\x12\x16\n" +
 	"\x11MALFORMED_MESSAGE\x10\x90\x03B4Z2github.com/libp2p-balancer/libp2p-balancer/wire/pbb\x06proto3"
 
 var (
