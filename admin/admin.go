@@ -1,6 +1,6 @@
 // Package admin is the balancer's admin HTTP listener: Prometheus metrics
 // at /metrics, a JSON API (/api/status, /api/routes, /api/backends,
-// /api/events), liveness and readiness probes (/healthz, /readyz), and a
+// /api/events, and an index of them all at /api), liveness and readiness probes (/healthz, /readyz), and a
 // self-refreshing status page at / that needs no external asset. It also
 // has the typed Client of that API and PrintStatus, which `balancer status`
 // prints.
@@ -121,6 +121,8 @@ func (h *Handler) init() {
 	mux.Handle("GET /api/routes", h.auth(http.HandlerFunc(h.serveRoutes)))
 	mux.Handle("GET /api/backends", h.auth(http.HandlerFunc(h.serveBackends)))
 	mux.Handle("GET /api/events", h.auth(http.HandlerFunc(h.serveEvents)))
+	mux.Handle("GET /api", h.auth(http.HandlerFunc(h.serveIndex)))
+	mux.Handle("GET /api/{$}", h.auth(http.HandlerFunc(h.serveIndex)))
 	mux.Handle("GET /{$}", h.auth(http.HandlerFunc(h.servePage)))
 	mux.HandleFunc("POST /login", h.serveLogin)
 	h.mux = mux

@@ -89,7 +89,15 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 	// One line per change of the route set, none per extension.
 	if len(added) > 0 || len(released) > 0 {
 		b.traceRoutes()
-		b.log.Info("routes changed", "backend", p, "added", added, "released", released, "ttl", ttl, "routes", len(be.routes))
+		// Only what happened: a release grants no TTL (issue 14).
+		attrs := []any{"backend", p}
+		if len(added) > 0 {
+			attrs = append(attrs, "added", added, "ttl", ttl)
+		}
+		if len(released) > 0 {
+			attrs = append(attrs, "released", released)
+		}
+		b.log.Info("routes changed", append(attrs, "routes", len(be.routes))...)
 	}
 	resp := &pb.RoutingResponse{Status: pb.Status_OK, Protocols: be.protocols()}
 	if len(req.GetProtocols()) > 0 {
@@ -258,9 +266,16 @@ func (b *Balancer) setConnected(p peer.ID, connected bool) {
 		b.refresh(proto)
 	}
 	b.announce()
-	if connected {
+	switch {
+	case len(be.routes) == 0 && connected:
+		// Nothing to resume: "routes resumed routes=0" read as a fault
+		// (issue 14).
+		b.log.Info("backend reconnected; it has no routes", "backend", p)
+	case len(be.routes) == 0:
+		b.log.Info("backend disconnected; it had no routes", "backend", p)
+	case connected:
 		b.log.Info("backend reconnected, routes resumed", "backend", p, "routes", len(be.routes))
-	} else {
+	default:
 		b.log.Info("backend disconnected, routes suspended", "backend", p, "routes", len(be.routes))
 	}
 }

@@ -302,7 +302,10 @@ func (c *Config) balancerOptions() ([]balancer.Option, []peer.ID, error) {
 			if p == "*" {
 				continue
 			}
-			if err := wire.ValidateProtocol(strings.TrimSuffix(p, "*")); err != nil {
+			// The pattern as typed, star and all, so that the message
+			// shows what the user wrote (issue 14); "*" is printable
+			// ASCII, so the checks are those of the prefix.
+			if err := wire.ValidateProtocol(p); err != nil {
 				return nil, nil, fmt.Errorf("allow %q: %w", a.String(), err)
 			}
 		}

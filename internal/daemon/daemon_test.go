@@ -103,9 +103,11 @@ func TestConfigErrors(t *testing.T) {
 		"no listen":    {func(c *daemon.Config) { c.Listen = nil }, "listen"},
 		"bad listen":   {func(c *daemon.Config) { c.Listen = []string{"/ip4/1.2.3.4/tcpx/1"} }, `listen "/ip4/1.2.3.4/tcpx/1"`},
 		"bad protocol": {func(c *daemon.Config) { c.Allow = []daemon.Allow{{Peer: id.String(), Protocols: []string{"echo"}}} }, "does not start with /"},
-		"ttl":          {func(c *daemon.Config) { c.TTLDefault = 500 * time.Millisecond }, "ttl-default"},
-		"ttl max":      {func(c *daemon.Config) { c.TTLMax = time.Second }, "ttl-max"},
-		"log level":    {func(c *daemon.Config) { c.LogLevel = "loud" }, "log level"},
+		// The pattern as typed, not "whoami/" (issue 14).
+		"bad prefix": {func(c *daemon.Config) { c.Allow = []daemon.Allow{{Peer: id.String(), Protocols: []string{"whoami/*"}}} }, `protocol ID "whoami/*" does not start with /`},
+		"ttl":        {func(c *daemon.Config) { c.TTLDefault = 500 * time.Millisecond }, "ttl-default"},
+		"ttl max":    {func(c *daemon.Config) { c.TTLMax = time.Second }, "ttl-max"},
+		"log level":  {func(c *daemon.Config) { c.LogLevel = "loud" }, "log level"},
 		// Checked by the balancer, named by the daemon.
 		"ttl too long": {func(c *daemon.Config) { c.TTLMax = 1 << 62 }, "ttl-max"},
 		"handshake":    {func(c *daemon.Config) { c.HandshakeTimeout = -time.Second }, "handshake-timeout -1s"},

@@ -236,7 +236,9 @@ func (r *run) start() error {
 	for _, a := range addrs {
 		r.printf("    %s\n", a)
 	}
-	r.printf("  it allows A to register /demo/a*, B /demo/b*, C only %s; it grants a TTL of %v\n", C1, r.o.TTL)
+	// C is only named here, and introduced where it appears (issue 14).
+	r.printf("  it allows backend A to register /demo/a*, backend B /demo/b*, and C, a third backend that joins in step %d, only %s; it grants a TTL of %v\n",
+		slices.Index(Steps, StepExpire)+1, C1, r.o.TTL)
 
 	lbInfo := peer.AddrInfo{ID: r.lbHost.ID(), Addrs: r.lbHost.Addrs()}
 	_, r.a, err = r.newBackend("A", aKey, lbInfo)

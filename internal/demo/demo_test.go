@@ -22,6 +22,12 @@ func TestRun(t *testing.T) {
 			t.Fatalf("narration lacks step %s:\n%s", step, out.String())
 		}
 	}
+	// Step 1 names backend C only as one to come (issue 14: it spoke of C
+	// as if the reader knew it).
+	first := out.String()[:strings.Index(out.String(), "[2/")]
+	if !strings.Contains(first, "C, a third backend that joins in step 6") {
+		t.Fatalf("step 1 does not introduce C as a backend to come:\n%s", first)
+	}
 }
 
 // TestStepError: a demo cut short names the step it was in.
