@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -424,5 +425,31 @@ func TestReadmeWalkthrough(t *testing.T) {
 	want := "hello " + dID + ", you came from 127.0.0.1:"
 	if !strings.HasPrefix(res.Stdout, want) || !strings.HasSuffix(res.Stdout, " on /whoami/1.0.0\nhello\n") {
 		t.Fatalf("dial printed %q, want %q... on /whoami/1.0.0 and the echo", res.Stdout, want)
+	}
+
+	// Outbound: a second balancer stands for a remote site, and a sidecar
+	// goes out through it to the first one; whoami greets the second
+	// balancer's peer ID, read with the README's bash line.
+	outID := run("id", "--identity", "out.key")
+	lb2 := start(t, "serve-2", procOpts{dir: dir}, "serve", "--identity", "lb2.key", "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--admin", "off", "--dial-loopback", "--allow", outID+"=/whoami/*")
+	lb2Addr := lb2.lines(t, 1, 20*time.Second)[0]
+	out := start(t, "backend-out", procOpts{dir: dir}, "backend", "--identity", "out.key", "--balancer", lb2Addr,
+		"--outbound", "127.0.0.1:0="+lbAddr+"/whoami/1.0.0")
+	listen := out.lines(t, 1, 20*time.Second)[0]
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		t.Fatalf("the outbound sidecar printed %q, want HOST:PORT", listen)
+	}
+	var greeting string
+	testnet.Eventually(t, 30*time.Second, func() bool {
+		c := exec.Command("bash", "-c", "head -n 1 < /dev/tcp/"+host+"/"+port)
+		b, err := c.Output()
+		greeting = string(b)
+		return err == nil && greeting != ""
+	}, "the walk-through's outbound connection to be greeted")
+	lb2ID := run("id", "--identity", "lb2.key")
+	if want := "hello " + lb2ID + ", you came from 127.0.0.1:"; !strings.HasPrefix(greeting, want) || !strings.HasSuffix(greeting, " on /whoami/1.0.0\n") {
+		t.Fatalf("outbound greeting %q, want %q... on /whoami/1.0.0", greeting, want)
 	}
 }
