@@ -99,8 +99,8 @@ func (s *session) run() {
 	// retry at once. Issue 14 saw 60 to 95 attempts in half a second when
 	// every kick bypassed it.
 	var notBefore time.Time
-	silent := 0       // exchanges in a row that got no answer at all
-	var failing state // what the failures in a row were; zero after a success
+	silent := 0             // exchanges in a row that got no answer at all
+	var failing failureKind // what the failures in a row were; zero after a success
 	for {
 		select {
 		case <-s.b.ctx.Done():
@@ -152,10 +152,10 @@ func (s *session) run() {
 			timer.Reset(next)
 			continue
 		}
-		if failing != (state{}) {
+		if failing != (failureKind{}) {
 			s.b.log.Info("registration restored", "balancer", s.ai.ID)
 		}
-		backoff, failing, silent, notBefore = s.b.cfg.backoffMin, state{}, 0, time.Time{}
+		backoff, failing, silent, notBefore = s.b.cfg.backoffMin, failureKind{}, 0, time.Time{}
 		// Even with a long TTL, talk to the balancer every keepalive
 		// interval: that is how a dead link or a restarted balancer is
 		// found within seconds.
@@ -166,9 +166,9 @@ func (s *session) run() {
 	}
 }
 
-// state is what a failed registration attempt says about the balancer.
-// Consecutive failures of the same state are logged once.
-type state struct {
+// failureKind is what a failed registration attempt says about the balancer.
+// Consecutive failures of the same kind are logged once.
+type failureKind struct {
 	kind     string // "unreachable", "silent", "error", or a refusal's status
 	answered bool   // the balancer answered: the link works
 	exchange bool   // the failure came after the connection was up
@@ -177,26 +177,26 @@ type state struct {
 // classify sorts a failure of step. Only an exchange that got nothing back
 // from the balancer is silent; a status (DRAINING, a refusal), a protocol
 // negotiation refused, or a stream reset by the balancer are all answers.
-func classify(err error) state {
+func classify(err error) failureKind {
 	var se *wire.StatusError
 	var re *network.StreamError
 	switch {
 	case errors.As(err, &se):
-		return state{kind: se.Status.String(), answered: true, exchange: true}
+		return failureKind{kind: se.Status.String(), answered: true, exchange: true}
 	case errors.Is(err, errUnreachable):
-		return state{kind: "unreachable"}
+		return failureKind{kind: "unreachable"}
 	case errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}),
 		errors.As(err, &re) && re.Remote:
-		return state{kind: "error", answered: true, exchange: true}
+		return failureKind{kind: "error", answered: true, exchange: true}
 	default:
-		return state{kind: "silent", exchange: true}
+		return failureKind{kind: "silent", exchange: true}
 	}
 }
 
 // logFailure writes one line when the failures change state (the first
 // failure, or another kind), not one per attempt; retry_in is the delay
 // actually taken before the next attempt.
-func (s *session) logFailure(prev, cur state, err error, next time.Duration) {
+func (s *session) logFailure(prev, cur failureKind, err error, next time.Duration) {
 	if prev == cur {
 		s.b.log.Debug("registration failed again", "balancer", s.ai.ID, "err", oneLine(err), "retry_in", next.Round(time.Millisecond))
 		return
