@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
@@ -20,11 +21,11 @@ import (
 // routes=0`).
 func TestLogWording(t *testing.T) {
 	var logs proctest.SyncBuffer
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.key, LinkPeers: []peer.ID{f.host.ID()}})
-	testnet.Connect(t, ah, f.host)
-	lbID := f.host.ID()
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{f.Host.ID()}})
+	testnet.Connect(t, ah, f.Host)
+	lbID := f.Host.ID()
 	line := func(msg string) string {
 		t.Helper()
 		var found string
@@ -40,13 +41,13 @@ func TestLogWording(t *testing.T) {
 		return found
 	}
 
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/x/a", "/x/b"}}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/x/a", "/x/b"}}); resp.Status != pb.Status_OK {
 		t.Fatalf("register: %v", resp)
 	}
 	if l := line(`added="[/x/a /x/b]"`); !strings.Contains(l, "ttl=1m0s") || strings.Contains(l, "released=") {
 		t.Errorf("registration logged as %s; want the added protocols and their TTL only", l)
 	}
-	if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Release: []string{"/x/a", "/x/b"}}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Release: []string{"/x/a", "/x/b"}}); resp.Status != pb.Status_OK {
 		t.Fatalf("release: %v", resp)
 	}
 	if l := line(`released="[/x/a /x/b]"`); strings.Contains(l, "ttl=") || strings.Contains(l, "added=") || !strings.Contains(l, "routes=0") {
@@ -57,7 +58,7 @@ func TestLogWording(t *testing.T) {
 		t.Fatal(err)
 	}
 	line("backend disconnected; it had no routes")
-	testnet.Connect(t, ah, f.host)
+	testnet.Connect(t, ah, f.Host)
 	line("backend reconnected; it has no routes")
 	if strings.Contains(logs.String(), "routes resumed") || strings.Contains(logs.String(), "routes suspended") {
 		t.Errorf("a backend without routes was said to suspend or resume them:\n%s", logs.String())

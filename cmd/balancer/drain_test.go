@@ -18,7 +18,7 @@ import (
 // PROXY protocol, the route registered.
 type whoamiSetup struct {
 	dir             string
-	lb, sidecar     *proc
+	lb, sidecar     *proctest.Proc
 	lbAddr, admin   string
 	lbKey, listenTo string
 	allow           string
@@ -33,8 +33,8 @@ func newWhoamiSetup(t *testing.T, sidecarArgs ...string) *whoamiSetup {
 	s.lb, s.lbAddr = serve(t, "lb", "--identity", s.lbKey, "--allow", s.allow, "--admin", s.admin, "--log-level", "debug")
 	s.listenTo = strings.TrimSuffix(s.lbAddr, "/p2p/"+peerOf(t, s.lbAddr).String())
 	svc := freePort(t)
-	startBin(t, whoamiBin, "whoami", procOpts{}, "--listen", svc)
-	s.sidecar = start(t, "sidecar", procOpts{}, append([]string{"backend", "--identity", bKey, "--balancer", s.lbAddr,
+	startBin(t, whoamiBin, "whoami", proctest.Options{}, "--listen", svc)
+	s.sidecar = start(t, "sidecar", proctest.Options{}, append([]string{"backend", "--identity", bKey, "--balancer", s.lbAddr,
 		"--route", "/whoami/1.0.0=" + svc, "--proxy-protocol"}, sidecarArgs...)...)
 	waitRoute(t, s.lbAddr, "/whoami/1.0.0", "probe\n", "probe\n")
 	return s
@@ -42,8 +42,8 @@ func newWhoamiSetup(t *testing.T, sidecarArgs ...string) *whoamiSetup {
 
 // drainingAnswers counts the registrations the balancer p answered with
 // DRAINING.
-func drainingAnswers(p *proc) int {
-	return strings.Count(p.stderr.String(), "status=DRAINING")
+func drainingAnswers(p *proctest.Proc) int {
+	return strings.Count(p.Stderr.String(), "status=DRAINING")
 }
 
 func readyz(t *testing.T, admin string) int {
@@ -71,40 +71,40 @@ func TestDrainKeepsSidecarStream(t *testing.T) {
 	if code := readyz(t, s.admin); code != http.StatusOK {
 		t.Fatalf("/readyz before the drain: %d", code)
 	}
-	d := start(t, "dial", procOpts{pipe: true}, "dial", "--identity", dKey, s.lbAddr, "/whoami/1.0.0")
-	io.WriteString(d.stdin, "first\n")
-	d.waitOutput(t, "first\n", 20*time.Second)
+	d := start(t, "dial", proctest.Options{Pipe: true}, "dial", "--identity", dKey, s.lbAddr, "/whoami/1.0.0")
+	io.WriteString(d.Stdin, "first\n")
+	d.WaitOutput(t, "first\n", 20*time.Second)
 
-	s.lb.signal(t, syscall.SIGINT)
+	s.lb.Signal(t, syscall.SIGINT)
 	testnet.Eventually(t, 10*time.Second, func() bool { return readyz(t, s.admin) == http.StatusServiceUnavailable },
 		"/readyz to say 503 once the drain starts")
 	// Three answers: the old sidecar dropped its connections after two.
 	testnet.Eventually(t, 30*time.Second, func() bool { return drainingAnswers(s.lb) >= 3 },
 		"three registrations answered DRAINING")
-	if s.lb.exited() {
+	if s.lb.Exited() {
 		t.Fatal("serve exited with a stream in flight")
 	}
 	if code := readyz(t, s.admin); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz during the drain: %d", code)
 	}
-	io.WriteString(d.stdin, "second\n")
-	d.stdin.Close()
-	if code := d.wait(t, 20*time.Second); code != 0 {
-		t.Fatalf("dial exited %d: %s", code, d.stderr.String())
+	io.WriteString(d.Stdin, "second\n")
+	d.Stdin.Close()
+	if code := d.Wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("dial exited %d: %s", code, d.Stderr.String())
 	}
-	if out := d.stdout.String(); !strings.HasSuffix(out, "first\nsecond\n") {
+	if out := d.Stdout.String(); !strings.HasSuffix(out, "first\nsecond\n") {
 		t.Fatalf("dial printed %q, want whoami's greeting, then first and second", out)
 	}
-	if code := s.lb.wait(t, 20*time.Second); code != 0 {
+	if code := s.lb.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("serve exited %d after draining", code)
 	}
 }
 
 // sidecarLines counts the lines the sidecar wrote at info level or above
 // (the test runs it at debug, to see its attempts).
-func sidecarLines(p *proc) int {
+func sidecarLines(p *proctest.Proc) int {
 	n := 0
-	for _, l := range strings.Split(p.stderr.String(), "\n") {
+	for _, l := range strings.Split(p.Stderr.String(), "\n") {
 		if l != "" && !strings.Contains(l, "level=DEBUG") {
 			n++
 		}
@@ -119,28 +119,28 @@ func sidecarLines(p *proc) int {
 func TestSidecarLogsThroughDrainAndRestart(t *testing.T) {
 	t.Parallel()
 	s := newWhoamiSetup(t, "--log-level", "debug")
-	attempts := func() int { return strings.Count(s.sidecar.stderr.String(), "registration failed again") }
+	attempts := func() int { return strings.Count(s.sidecar.Stderr.String(), "registration failed again") }
 	phase := func(name string, from int) int {
 		t.Helper()
 		n := sidecarLines(s.sidecar) - from
 		t.Logf("%s: %d lines", name, n)
 		if n > 5 {
-			t.Fatalf("%s: the sidecar wrote %d lines, want at most 5:\n%s", name, n, s.sidecar.stderr.String())
+			t.Fatalf("%s: the sidecar wrote %d lines, want at most 5:\n%s", name, n, s.sidecar.Stderr.String())
 		}
 		return from + n
 	}
 	mark := sidecarLines(s.sidecar)
 
-	d := start(t, "dial", procOpts{pipe: true}, "dial", s.lbAddr, "/whoami/1.0.0")
-	io.WriteString(d.stdin, "first\n")
-	d.waitOutput(t, "first\n", 20*time.Second)
-	s.lb.signal(t, syscall.SIGINT)
+	d := start(t, "dial", proctest.Options{Pipe: true}, "dial", s.lbAddr, "/whoami/1.0.0")
+	io.WriteString(d.Stdin, "first\n")
+	d.WaitOutput(t, "first\n", 20*time.Second)
+	s.lb.Signal(t, syscall.SIGINT)
 	testnet.Eventually(t, 30*time.Second, func() bool { return drainingAnswers(s.lb) >= 4 }, "four registrations answered DRAINING")
-	d.stdin.Close()
-	if code := d.wait(t, 20*time.Second); code != 0 {
-		t.Fatalf("dial exited %d: %s", code, d.stderr.String())
+	d.Stdin.Close()
+	if code := d.Wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("dial exited %d: %s", code, d.Stderr.String())
 	}
-	if code := s.lb.wait(t, 20*time.Second); code != 0 {
+	if code := s.lb.Wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}
 	mark = phase("drain", mark)
@@ -148,18 +148,18 @@ func TestSidecarLogsThroughDrainAndRestart(t *testing.T) {
 	before := attempts()
 	testnet.Eventually(t, 40*time.Second, func() bool { return attempts() >= before+2 }, "two more attempts while the balancer is down")
 	mark = phase("down", mark)
-	for _, l := range strings.Split(s.sidecar.stderr.String(), "\n") {
+	for _, l := range strings.Split(s.sidecar.Stderr.String(), "\n") {
 		if strings.Contains(l, "\\n") || strings.Contains(l, "retry_in=30s") {
 			t.Fatalf("a line with a literal \\n, or the back-off's bound rather than the real delay: %s", l)
 		}
 	}
 
-	lb := start(t, "lb-again", procOpts{}, "serve", "--identity", s.lbKey, "--allow", s.allow, "--listen", s.listenTo, "--admin", "127.0.0.1:0")
-	lb.lines(t, 1, 20*time.Second)
+	lb := start(t, "lb-again", proctest.Options{}, "serve", "--identity", s.lbKey, "--allow", s.allow, "--listen", s.listenTo, "--admin", "127.0.0.1:0")
+	lb.Lines(t, 1, 20*time.Second)
 	waitRoute(t, s.lbAddr, "/whoami/1.0.0", "again\n", "again\n")
-	registered := strings.Count(s.sidecar.stderr.String(), `msg=registered`)
+	registered := strings.Count(s.sidecar.Stderr.String(), `msg=registered`)
 	testnet.Eventually(t, 20*time.Second, func() bool {
-		return strings.Count(s.sidecar.stderr.String(), `msg=registered`) > registered
+		return strings.Count(s.sidecar.Stderr.String(), `msg=registered`) > registered
 	}, "one more registration after the restart")
 	phase("restart", mark)
 }

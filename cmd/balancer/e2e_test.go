@@ -431,12 +431,12 @@ func TestReadmeWalkthrough(t *testing.T) {
 	// goes out through it to the first one; whoami greets the second
 	// balancer's peer ID, read with the README's bash line.
 	outID := run("id", "--identity", "out.key")
-	lb2 := start(t, "serve-2", procOpts{dir: dir}, "serve", "--identity", "lb2.key", "--listen", "/ip4/127.0.0.1/tcp/0",
+	lb2 := start(t, "serve-2", proctest.Options{Dir: dir}, "serve", "--identity", "lb2.key", "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--admin", "off", "--dial-loopback", "--allow", outID+"=/whoami/*")
-	lb2Addr := lb2.lines(t, 1, 20*time.Second)[0]
-	out := start(t, "backend-out", procOpts{dir: dir}, "backend", "--identity", "out.key", "--balancer", lb2Addr,
+	lb2Addr := lb2.Lines(t, 1, 20*time.Second)[0]
+	out := start(t, "backend-out", proctest.Options{Dir: dir}, "backend", "--identity", "out.key", "--balancer", lb2Addr,
 		"--outbound", "127.0.0.1:0="+lbAddr+"/whoami/1.0.0")
-	listen := out.lines(t, 1, 20*time.Second)[0]
+	listen := out.Lines(t, 1, 20*time.Second)[0]
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		t.Fatalf("the outbound sidecar printed %q, want HOST:PORT", listen)
