@@ -1,8 +1,10 @@
 // Package soak_test holds the soak test: many forwarded streams in both
-// directions, with random sizes and a byte-for-byte check of every payload, while
-// routes register, expire and fail over and backends are replaced. Its
-// short form runs in CI; set BALANCER_SOAK to a duration (for example 5m)
-// for a long run.
+// directions, with random sizes and a byte-for-byte check of every payload, spread
+// over many remote peers as real traffic is, while routes register, expire
+// and fail over and backends are replaced. The balancer and backend hosts
+// have the commands' default limits (internal/node, wire.Limits). Its short
+// form runs in CI; set BALANCER_SOAK to a duration (for example 5m) for a
+// long run at 1,000 workers.
 package soak_test
 
 import (
@@ -23,10 +25,12 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/goleak"
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
@@ -64,8 +68,8 @@ func TestSoak(t *testing.T) {
 	runtime.ReadMemStats(&baseline)
 
 	stats := run(t, duration, concurrency)
-	t.Logf("%d inbound and %d outbound streams verified, %d MiB each way; %d offers refused by the failing backend; %d backends replaced",
-		stats.in.Load(), stats.out.Load(), stats.bytes.Load()>>20, stats.refusals.Load(), stats.replaced.Load())
+	t.Logf("%d workers over %d remote peers for %v: %d inbound and %d outbound streams verified, %d MiB each way; %d offers refused by the failing backend; %d backends replaced",
+		concurrency, peersFor(concurrency), duration, stats.in.Load(), stats.out.Load(), stats.bytes.Load()>>20, stats.refusals.Load(), stats.replaced.Load())
 	if stats.in.Load() == 0 || stats.out.Load() == 0 || stats.refusals.Load() == 0 || stats.replaced.Load() == 0 {
 		t.Fatalf("the soak did not exercise everything: %+v", stats)
 	}
@@ -81,20 +85,45 @@ func TestSoak(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	t.Logf("heap in use %d MiB before the soak, %d MiB after", baseline.HeapInuse>>20, after.HeapInuse>>20)
 	if after.HeapInuse > baseline.HeapInuse+32<<20 {
 		t.Fatalf("heap in use %d MiB after the soak, %d MiB before", after.HeapInuse>>20, baseline.HeapInuse>>20)
 	}
+}
+
+// peersFor is how many remote peers carry the load of concurrency workers:
+// about five inbound and five outbound workers each, as a crowd of ordinary
+// clients would. One peer holding hundreds of streams would instead meet
+// its own host's per-peer limits (go-libp2p's defaults, which a client
+// keeps), which is not what the soak is about.
+func peersFor(concurrency int) int {
+	return max(4, concurrency/10)
 }
 
 type soakStats struct {
 	in, out, bytes, refusals, replaced atomic.Int64
 }
 
-// run builds the network, runs the load and the churn for d, and closes
-// everything before it returns.
+// newHost starts a host with the commands' default limits (wire.Limits, the
+// link peers raised), as `balancer serve` and `balancer backend` build
+// theirs, on loopback TCP unless noListen.
+func newHost(t *testing.T, key crypto.PrivKey, linkPeers []peer.ID, noListen bool, opts ...libp2p.Option) host.Host {
+	t.Helper()
+	cfg := node.Config{Key: key, LinkPeers: linkPeers, Options: opts}
+	if !noListen {
+		cfg.Listen = []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}
+	}
+	h, err := node.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// run builds the network, runs the load and the churn for d once the
+// network is up, and closes everything before it returns.
 func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
 	stats := &soakStats{}
 
 	var ids []peer.ID
@@ -108,16 +137,16 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 	expiringKey, expiringID := testnet.Key(t)
 	ids = append(ids, refusingID, expiringID)
 
-	lbHost := testnet.NewHost(t, testnet.TCP, testnet.Options{LinkPeers: ids, Extra: []libp2p.Option{libp2p.Ping(false)}})
+	lbKey, _ := testnet.Key(t)
+	lbHost := newHost(t, lbKey, ids, false, libp2p.Ping(false))
 	var opts []balancer.Option
 	for _, id := range ids {
 		opts = append(opts, balancer.WithAllow(id))
 	}
-	opts = append(opts, balancer.WithHandshakeTimeout(2*time.Second),
+	opts = append(opts,
 		balancer.WithHealth(balancer.Health{}), // no ejection: keep the refusing backend in play
-		balancer.WithTTL(time.Second, time.Minute),
-		// E, the outbound target, listens on loopback, which the default
-		// dial policy refuses.
+		// The remote peers, which are also the outbound targets, listen on
+		// loopback, which the default dial policy refuses.
 		balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}))
 	lb, err := balancer.New(lbHost, opts...)
 	if err != nil {
@@ -126,20 +155,19 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 	defer lb.Close()
 	lbInfo := testnet.Info(lbHost)
 
-	// E, the outbound target, and the remote peers D.
-	// E receives every backend's outbound streams from the one balancer
-	// peer, so its per-peer limits apply to their sum.
-	e := testnet.NewHost(t, testnet.TCP, testnet.Options{Unlimited: true})
-	e.SetStreamHandler(outProto, echo)
+	// The remote peers D: plain go-libp2p hosts (its default limits), each
+	// calling the backends through the balancer and called by them through
+	// it (outProto), a few streams each way at a time.
 	var ds []host.Host
-	for i := 0; i < 4; i++ {
-		d := testnet.NewHost(t, testnet.TCP, testnet.Options{LinkPeers: []peer.ID{lbHost.ID()}})
-		testnet.Connect(t, d, lbHost)
-		ds = append(ds, d)
+	for i := 0; i < peersFor(concurrency); i++ {
+		h := testnet.NewHost(t, testnet.TCP, testnet.Options{})
+		h.SetStreamHandler(outProto, echo)
+		testnet.Connect(t, h, lbHost)
+		ds = append(ds, h)
 	}
 
 	// A backend that refuses every stream: failover on every offer to it.
-	refusing := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: refusingKey, LinkPeers: []peer.ID{lbHost.ID()}, NoListen: true})
+	refusing := newHost(t, refusingKey, []peer.ID{lbHost.ID()}, true)
 	refusing.SetStreamHandler(wire.ForwardID, func(s network.Stream) {
 		stats.refusals.Add(1)
 		var req pb.Forward
@@ -166,16 +194,20 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 	start := func() {
 		k := backendKeys[next%len(backendKeys)]
 		next++
-		h := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: k.key, LinkPeers: []peer.ID{lbHost.ID()}, NoListen: true})
-		h.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
-		be, err := backend.New(h, []peer.AddrInfo{lbInfo}, backend.WithTTL(2*time.Second))
+		h := newHost(t, k.key, []peer.ID{lbHost.ID()}, true)
+		// The balancer's default TTL (a minute): Drain releases the routes
+		// of a replaced backend at once. Live routes of 1-2 s, extended
+		// each second, expired on a loaded machine and left only the
+		// refusing backend for a while, which failed streams ("read after
+		// 0 bytes: stream reset").
+		be, err := backend.New(h, []peer.AddrInfo{lbInfo})
 		if err != nil {
 			t.Fatal(err)
 		}
 		be.SetStreamHandler(inProto, echo)
 		// Closed here too, for when the test fails half way.
 		t.Cleanup(func() { be.Close(); h.Close() })
-		testnet.Eventually(t, 10*time.Second, func() bool { return registered(be) }, "backend registered")
+		testnet.Eventually(t, 30*time.Second, func() bool { return registered(be) }, "backend registered")
 		mu.Lock()
 		pool = append(pool, live{be, h, new(sync.RWMutex)})
 		mu.Unlock()
@@ -184,8 +216,16 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 		start()
 	}
 	rawRegister(t, refusing, lbHost.ID(), inProto, 60)
+	expiring := newHost(t, expiringKey, []peer.ID{lbHost.ID()}, true)
+	testnet.Connect(t, expiring, lbHost)
 
-	// The load: concurrency workers, half inbound, half outbound.
+	// The clock starts once the network is up: on a loaded machine the
+	// set-up alone can take seconds.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The load: concurrency workers, half inbound, half outbound, each
+	// worker on one remote peer.
 	var wg sync.WaitGroup
 	errs := make(chan error, concurrency)
 	for w := 0; w < concurrency; w++ {
@@ -193,6 +233,7 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			me := ds[(w/2)%len(ds)]
 			for ctx.Err() == nil {
 				size := rng.IntN(64 << 10)
 				if rng.IntN(16) == 0 {
@@ -204,7 +245,7 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 				}
 				var err error
 				if w%2 == 0 {
-					err = inbound(ds[w%len(ds)], lbHost.ID(), payload)
+					err = inbound(me, lbHost.ID(), payload)
 					if err == nil {
 						stats.in.Add(1)
 					}
@@ -213,7 +254,7 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 					l := pool[w%len(pool)]
 					l.inUse.RLock()
 					mu.Unlock()
-					err = outbound(l.be, e.ID(), payload)
+					err = outbound(l.be, me.ID(), payload)
 					l.inUse.RUnlock()
 					if err == nil {
 						stats.out.Add(1)
@@ -230,21 +271,37 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 
 	// The churn: every so often a route registered with a 1 s TTL and never
 	// extended appears and expires, and the oldest backend is drained and
-	// replaced.
-	expiring := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: expiringKey, LinkPeers: []peer.ID{lbHost.ID()}, NoListen: true})
-	testnet.Connect(t, expiring, lbHost)
+	// replaced. The load runs for d and for at least one replacement.
 	churn := time.NewTicker(d / 6)
 	defer churn.Stop()
+	sampleEvery := max(d/10, time.Second)
+	samples := time.NewTicker(sampleEvery)
+	defer samples.Stop()
+	timeUp := time.After(d)
+	begin := time.Now()
+	done := false
+	t.Logf("%8s %9s %9s %9s %10s %10s", "time", "inbound", "outbound", "MiB", "heap MiB", "goroutines")
 loop:
 	for i := 0; ; i++ {
+		if done && stats.replaced.Load() > 0 {
+			break
+		}
 		select {
-		case <-ctx.Done():
-			break loop
+		case <-timeUp:
+			done = true
 		case err := <-errs:
 			cancel()
 			wg.Wait()
 			t.Fatal(err)
+		case <-samples.C:
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			t.Logf("%8v %9d %9d %9d %10d %10d", time.Since(begin).Round(time.Second), stats.in.Load(), stats.out.Load(),
+				stats.bytes.Load()>>20, ms.HeapInuse>>20, runtime.NumGoroutine())
 		case <-churn.C:
+			if i > 10_000 {
+				break loop // bounded; cannot happen before d has passed
+			}
 			rawRegister(t, expiring, lbHost.ID(), protocol.ID(fmt.Sprintf("/soak/expiring/%d", i)), 1)
 			start()
 			mu.Lock()
@@ -252,7 +309,7 @@ loop:
 			pool = pool[1:]
 			mu.Unlock()
 			old.inUse.Lock()
-			dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			dctx, dcancel := context.WithTimeout(context.Background(), 60*time.Second)
 			if err := old.be.Drain(dctx); err != nil {
 				t.Errorf("drain: %v", err)
 			}
@@ -261,6 +318,7 @@ loop:
 			stats.replaced.Add(1)
 		}
 	}
+	cancel()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -273,7 +331,7 @@ loop:
 	}
 	mu.Unlock()
 	lb.Close()
-	for _, h := range append(ds, e, refusing, expiring, lbHost) {
+	for _, h := range append(ds, refusing, expiring, lbHost) {
 		h.Close()
 	}
 	return stats
