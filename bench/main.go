@@ -5,6 +5,7 @@
 //	go run ./bench -separate             # balancer/relay in its own process
 //	go run ./bench -netns                # three namespaces with netem delay
 //	go run ./bench -smoke                # every setup and workload, tiny, for CI
+//	go run ./bench -serve                # `balancer serve` as operators run it: 1,000 peers, 20,000 streams
 //	go run ./bench -json out.json -svg docs/performance.svg
 //
 // docs/performance.md explains each figure and what limits it.
@@ -35,6 +36,9 @@ func main() {
 // run is the command: it parses args, measures, and writes the report. It
 // returns the exit code.
 func run(args []string) int {
+	if serving(args) {
+		return runServe(args)
+	}
 	cfg, out, code := parseFlags(args)
 	if code >= 0 {
 		return code

@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 )
 
@@ -41,15 +42,22 @@ type Crowd struct {
 	Hosts []host.Host
 }
 
-// New starts n client hosts. Close them with Close, also on error.
-func New(n int) (*Crowd, error) {
+// New starts n client hosts over TCP. Close them with Close, also on error.
+func New(n int) (*Crowd, error) { return NewOver(n, "tcp") }
+
+// NewOver starts n client hosts over transport, "tcp" or "quic".
+func NewOver(n int, transport string) (*Crowd, error) {
 	c := &Crowd{}
+	tr := libp2p.Transport(tcp.NewTCPTransport)
+	switch transport {
+	case "tcp":
+	case "quic":
+		tr = libp2p.Transport(libp2pquic.NewTransport)
+	default:
+		return c, fmt.Errorf("crowd: unknown transport %q", transport)
+	}
 	for range n {
-		h, err := libp2p.New(
-			libp2p.NoListenAddrs,
-			libp2p.Transport(tcp.NewTCPTransport),
-			libp2p.DisableRelay(),
-		)
+		h, err := libp2p.New(libp2p.NoListenAddrs, tr, libp2p.DisableRelay())
 		if err != nil {
 			return c, err
 		}
