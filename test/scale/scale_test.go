@@ -8,16 +8,13 @@
 package scale_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,99 +35,30 @@ import (
 var bin, crowdBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "balancer-scale-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "balancer")
-	crowdBin = filepath.Join(dir, "crowd")
-	if err := proctest.Build(bin, "../../cmd/balancer"); err == nil {
-		err = proctest.Build(crowdBin, "./internal/crowd")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	proctest.Main(m,
+		proctest.Binary{Name: "balancer", Pkg: "../../cmd/balancer", Path: &bin},
+		proctest.Binary{Name: "crowd", Pkg: "./internal/crowd", Path: &crowdBin})
 }
 
 const echoProto protocol.ID = "/scale/echo/1.0.0"
 
-// proc is a running binary whose standard output the test reads line by
-// line. It is killed when the test ends, and its output logged if the test
-// failed.
-type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	lines  chan string
-	stderr proctest.SyncBuffer
-	seen   proctest.SyncBuffer
-}
-
-func start(t *testing.T, name, path string, args ...string) *proc {
+// start runs path with args, its standard input kept open (the crowd waits
+// for "go" on it).
+func start(t *testing.T, name, path string, args ...string) *proctest.Proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(path, args...), lines: make(chan string, 64)}
-	p.cmd.Stderr = &p.stderr
-	var err error
-	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	out, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(p.lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			fmt.Fprintln(&p.seen, sc.Text())
-			p.lines <- sc.Text()
-		}
-	}()
-	t.Cleanup(func() {
-		p.stdin.Close()
-		_ = p.cmd.Process.Kill()
-		<-done
-		_ = p.cmd.Wait()
-		if t.Failed() {
-			t.Logf("--- %s %s\n--- stdout:\n%s--- stderr (last 4 KiB):\n%s", name, strings.Join(args, " "), p.seen.String(), tail(p.stderr.String(), 4<<10))
-		}
-	})
-	return p
+	return proctest.Start(t, name, exec.Command(path, args...), proctest.Options{Pipe: true})
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-// expect waits for the process's next line and checks that it starts with
-// prefix; it returns the rest.
-func (p *proc) expect(t *testing.T, prefix string, timeout time.Duration) string {
+// expect waits for p's next line starting with word and returns the word
+// after it, if any.
+func expect(t *testing.T, p *proctest.Proc, word string, timeout time.Duration) string {
 	t.Helper()
-	select {
-	case line, ok := <-p.lines:
-		if !ok {
-			t.Fatalf("%s ended before printing %q", p.name, prefix)
-		}
-		if !strings.HasPrefix(line, prefix) {
-			t.Fatalf("%s printed %q, want %q", p.name, line, prefix)
-		}
-		return strings.TrimSpace(strings.TrimPrefix(line, prefix))
-	case <-time.After(timeout):
-		t.Fatalf("%s printed no %q within %v", p.name, prefix, timeout)
+	f := p.Next(t, timeout, word, "error:")
+	if f[0] != word {
+		t.Fatalf("%s: %s", p.Name, strings.Join(f, " "))
+	}
+	if len(f) > 1 {
+		return f[1]
 	}
 	return ""
 }
@@ -190,21 +118,21 @@ func TestCrowd(t *testing.T) {
 	lb := start(t, "balancer", bin, "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--admin", admin,
 		"--allow", beID.String()+"="+string(echoProto))
 	// serve prints its listen address, with /p2p/, first.
-	full := "/ip4/127.0.0.1/tcp/" + lb.expect(t, "/ip4/127.0.0.1/tcp/", 20*time.Second)
+	full := lb.Lines(t, 1, 20*time.Second)[0]
 	lbInfo, err := peer.AddrInfoFromString(full)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	be := start(t, "backend", crowdBin, "backend", "-balancer", full, "-key", beKey, "-proto", string(echoProto))
-	be.expect(t, "registered", 30*time.Second)
+	expect(t, be, "registered", 30*time.Second)
 
 	c := start(t, "crowd", crowdBin, "peers", "-balancer", full, "-peers", strconv.Itoa(peers),
 		"-streams", strconv.Itoa(perPeer), "-size", "16384", "-first", "1024", "-proto", string(echoProto))
-	if got := c.expect(t, "connected", 60*time.Second); got != strconv.Itoa(peers) {
+	if got := expect(t, c, "connected", 60*time.Second); got != strconv.Itoa(peers) {
 		t.Fatalf("%s of %d peers connected", got, peers)
 	}
-	if got := c.expect(t, "held", 60*time.Second); got != strconv.Itoa(peers*perPeer) {
+	if got := expect(t, c, "held", 60*time.Second); got != strconv.Itoa(peers*perPeer) {
 		t.Fatalf("%s of %d streams held", got, peers*perPeer)
 	}
 	if n := metric(t, admin, "libp2p_balancer_streams_active", `direction="inbound"`); n < peers*perPeer {
@@ -260,8 +188,8 @@ func TestCrowd(t *testing.T) {
 
 	// The crowd's held streams finish, and each peer echoes a new one,
 	// while the greedy peer still holds its streams.
-	fmt.Fprintln(c.stdin, "go")
-	if got := c.expect(t, "echoed", 60*time.Second); got != strconv.Itoa(peers*perPeer+peers) {
+	fmt.Fprintln(c.Stdin, "go")
+	if got := expect(t, c, "echoed", 60*time.Second); got != strconv.Itoa(peers*perPeer+peers) {
 		t.Fatalf("%s streams echoed whole, want %d", got, peers*perPeer+peers)
 	}
 	t.Logf("all echoed byte-exact after %v", time.Since(began).Round(time.Millisecond))

@@ -9,6 +9,7 @@ package soak_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -145,6 +146,14 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 	}
 	opts = append(opts,
 		balancer.WithHealth(balancer.Health{}), // no ejection: keep the refusing backend in play
+		// Liveness checks slower than the defaults (5 s): on a machine
+		// shared at a load of 20 and more, a probe or a registration
+		// exchange on a link carrying hundreds of busy streams waited
+		// more than 5 s, and the balancer (probe) or the backend (two
+		// silent exchanges) dropped the link with every stream on it.
+		// The soak checks bytes under churn; dead links are found by
+		// test/netfault with the defaults.
+		balancer.WithProbeInterval(30*time.Second),
 		// The remote peers, which are also the outbound targets, listen on
 		// loopback, which the default dial policy refuses.
 		balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true}))
@@ -179,8 +188,10 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 	})
 	testnet.Connect(t, refusing, lbHost)
 
-	// Backends: a pool of three live ones at any time, replaced by
-	// draining one and starting another.
+	// Backends: a pool of live ones (three, and one more per 200 workers)
+	// at any time, replaced by draining one and starting another. Each
+	// balancer–backend link is one connection that carries its share of
+	// the load.
 	// inUse keeps a backend from being drained while a worker is opening
 	// an outbound stream through it.
 	type live struct {
@@ -200,7 +211,7 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 		// each second, expired on a loaded machine and left only the
 		// refusing backend for a while, which failed streams ("read after
 		// 0 bytes: stream reset").
-		be, err := backend.New(h, []peer.AddrInfo{lbInfo})
+		be, err := backend.New(h, []peer.AddrInfo{lbInfo}, backend.WithHandshakeTimeout(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -212,7 +223,7 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 		pool = append(pool, live{be, h, new(sync.RWMutex)})
 		mu.Unlock()
 	}
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 3+concurrency/200; i++ {
 		start()
 	}
 	rawRegister(t, refusing, lbHost.ID(), inProto, 60)
@@ -240,8 +251,8 @@ func run(t *testing.T, d time.Duration, concurrency int) *soakStats {
 					size = rng.IntN(1 << 20)
 				}
 				payload := make([]byte, size)
-				for i := range payload {
-					payload[i] = byte(rng.Uint32())
+				for i := 0; i+8 <= len(payload); i += 8 {
+					binary.LittleEndian.PutUint64(payload[i:], rng.Uint64())
 				}
 				var err error
 				if w%2 == 0 {
