@@ -11,6 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/sidecar"
 )
@@ -41,15 +42,23 @@ An outbound listener is unauthenticated: it must be on loopback unless
 
 Give every balancer instance its own --balancer, even when instances share a
 peer ID (one balancer scaled out): the sidecar registers with each. Commas
-separate several addresses of one instance. Registrations are renewed at half
-their TTL and restored by themselves after a balancer restarts.
+separate several addresses of one instance. Or give a DNS name that lists the
+instances, /dnsaddr/DOMAIN (TXT records dnsaddr=MULTIADDR on _dnsaddr.DOMAIN)
+or /dns/DOMAIN/tcp/PORT/p2p/PEER_ID (A/AAAA records, as a Kubernetes headless
+Service has): it is resolved again every --resolve-interval, the sidecar
+registers with every instance it lists (one address, one instance) and drains
+an instance that leaves it: routes released at once, connection closed when
+its streams end. A failed or empty answer keeps the instances known.
+Registrations are renewed at half their TTL and restored by themselves after
+a balancer restarts.
 
 SIGINT or SIGTERM releases the routes, lets streams in flight finish for up
 to --drain-timeout, and exits 0.`,
 	flags: func(fs *flag.FlagSet) func([]string) int {
 		identity := fs.String("identity", "backend.key", "private key `PATH`, created (Ed25519, mode 0600) when missing;\nthe balancers allow its peer ID (see balancer id)")
 		var balancers, routes, outbound []string
-		fs.Var(newList(&balancers), "balancer", "balancer instance to register with: `MULTIADDR` ending in /p2p/PEER_ID,\nor several addresses of one instance joined by commas (repeatable)")
+		fs.Var(newList(&balancers), "balancer", "balancer instance to register with: `MULTIADDR` ending in /p2p/PEER_ID,\nor several addresses of one instance joined by commas, or a DNS name\nlisting instances: /dnsaddr/DOMAIN or /dns/DOMAIN/tcp/PORT/p2p/PEER_ID (repeatable)")
+		resolve := fs.Duration("resolve-interval", backend.DefaultResolveInterval, "how often DNS names given to --balancer are resolved again\n(the record TTLs are not read; set this below them)")
 		fs.Var(newList(&routes), "route", "`PROTOCOL=HOST:PORT`: bridge streams on PROTOCOL to this TCP service (repeatable)")
 		fs.Var(newList(&outbound), "outbound", "`HOST:PORT=[MULTIADDR/p2p/]PEER_ID/PROTO[,/PROTO...]`: listen on HOST:PORT and carry\neach connection to PEER_ID on the first PROTO it accepts (repeatable)")
 		outboundPublic := fs.Bool("outbound-public", false, "allow an --outbound listener off loopback: whoever reaches it speaks as the balancer's peer ID,\nunauthenticated")
@@ -64,13 +73,12 @@ to --drain-timeout, and exits 0.`,
 			if len(args) > 0 {
 				return fail("backend", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
 			}
-			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout, OutboundPublic: *outboundPublic, ProxyProtocolDatagram: *proxyDgram}
+			cfg := sidecar.Config{ProxyProtocol: *proxy, TTL: *ttl, DialTimeout: *dialTimeout, OutboundPublic: *outboundPublic, ProxyProtocolDatagram: *proxyDgram,
+				ResolveInterval: *resolve}
 			for _, s := range balancers {
-				ai, err := sidecar.ParseBalancer(s)
-				if err != nil {
+				if err := cfg.AddBalancer(s); err != nil {
 					return fail("backend", err)
 				}
-				cfg.Balancers = append(cfg.Balancers, ai)
 			}
 			for _, s := range routes {
 				r, err := sidecar.ParseRoute(s)

@@ -117,7 +117,8 @@ func ParseOutbound(s string) (Outbound, error) {
 
 // ParseBalancer parses one balancer instance: a multiaddr ending in
 // /p2p/PEER_ID, or several of the same instance separated by commas (say,
-// its TCP and its QUIC address).
+// its TCP and its QUIC address). A DNS name given here is one instance
+// resolved when dialled, not followed (see Config.AddBalancer).
 func ParseBalancer(s string) (peer.AddrInfo, error) {
 	var ai peer.AddrInfo
 	for _, part := range strings.Split(s, ",") {
@@ -138,14 +139,41 @@ func ParseBalancer(s string) (peer.AddrInfo, error) {
 	return ai, nil
 }
 
+// AddBalancer adds the balancer instances of one --balancer flag: a DNS
+// name (/dnsaddr/DOMAIN, or /dns/DOMAIN/tcp/PORT/p2p/PEER_ID and its dns4,
+// dns6 and UDP forms) to Names, to be followed as its records change; any
+// other address (or several of one instance, see ParseBalancer) to
+// Balancers.
+func (c *Config) AddBalancer(s string) error {
+	if a, err := ma.NewMultiaddr(strings.TrimSpace(s)); err == nil && backend.IsName(a) {
+		if err := backend.CheckName(a); err != nil {
+			return fmt.Errorf("balancer %q: a DNS name must end in /p2p/PEER_ID unless it is a /dnsaddr name", s)
+		}
+		c.Names = append(c.Names, a)
+		return nil
+	}
+	ai, err := ParseBalancer(s)
+	if err != nil {
+		return err
+	}
+	c.Balancers = append(c.Balancers, ai)
+	return nil
+}
+
 // Check reports the first invalid setting of c other than Key, in one line
 // that names it, without starting anything: balancer backend calls it
 // before it loads or creates the identity file, and Start calls it again.
 // The backend package checks its own options (the TTL): they are not
 // checked a second time here.
 func (c *Config) Check() error {
-	if len(c.Balancers) == 0 {
+	if len(c.Balancers) == 0 && len(c.Names) == 0 {
 		return errors.New("balancer: none given; name at least one balancer address")
+	}
+	for _, n := range c.Names {
+		fc := backend.FleetConfig{Name: n, Interval: c.ResolveInterval}
+		if err := fc.Check(); err != nil {
+			return err
+		}
 	}
 	if len(c.Routes) == 0 && len(c.Outbound) == 0 {
 		return errors.New("nothing to do: give at least one --route or --outbound")

@@ -14,7 +14,9 @@
 // Several balancer instances may share one peer ID (they are the same
 // balancer scaled out). One go-libp2p host holds a single connection set
 // per peer ID, so the Sidecar runs one host per instance of a shared ID, all
-// with the sidecar's one identity, and registers through each.
+// with the sidecar's one identity, and registers through each. Instances
+// may also be found through DNS (Config.Names): a backend.Fleet per name
+// follows its records, with a host per instance found.
 package sidecar
 
 import (
@@ -35,6 +37,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
+	madns "github.com/multiformats/go-multiaddr-dns"
 	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
@@ -48,8 +51,19 @@ type Config struct {
 	// Key is the backend's identity, the one the balancers allow. Required.
 	Key crypto.PrivKey
 	// Balancers are the balancer instances to register with, one entry
-	// per instance. Instances may share a peer ID. Required.
+	// per instance. Instances may share a peer ID. Balancers or Names are
+	// required.
 	Balancers []peer.AddrInfo
+	// Names are DNS names of balancer instances (/dnsaddr/DOMAIN, or
+	// /dns/DOMAIN/tcp/PORT/p2p/PEER_ID and the like), resolved every
+	// ResolveInterval: the sidecar registers with every instance a name
+	// lists, and drains one that leaves the records (see backend.Fleet).
+	Names []ma.Multiaddr
+	// ResolveInterval is how often Names are resolved again; 0 means
+	// backend.DefaultResolveInterval (30 s).
+	ResolveInterval time.Duration
+	// Resolver resolves Names; nil means the system's resolver.
+	Resolver *madns.Resolver
 	// Routes map protocols to local TCP services.
 	Routes []Route
 	// Outbound are local listeners carried out through a balancer.
@@ -85,9 +99,11 @@ const DefaultDialTimeout = 5 * time.Second
 // Sidecar is a running sidecar. Create it with Start and stop it with
 // Shutdown or Close.
 type Sidecar struct {
-	cfg   Config
-	log   *slog.Logger
-	hosts []*backendHost
+	cfg    Config
+	log    *slog.Logger
+	id     peer.ID
+	hosts  []*backendHost
+	fleets []*backend.Fleet // one per Config.Names
 
 	listeners []net.Listener
 
@@ -124,8 +140,12 @@ func Start(cfg Config) (*Sidecar, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	id, err := peer.IDFromPrivateKey(cfg.Key)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: identity key: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Sidecar{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, id: id, ctx: ctx, cancel: cancel}
 
 	// Outbound listeners first: a port in use is a configuration error
 	// that should stop us before anything registers.
@@ -160,9 +180,26 @@ func Start(cfg Config) (*Sidecar, error) {
 		}
 		s.hosts = append(s.hosts, &backendHost{host: h, be: be})
 	}
+	for _, name := range cfg.Names {
+		f, err := backend.NewFleet(backend.FleetConfig{
+			Name:     name,
+			NewHost:  s.newFleetHost,
+			Options:  append(cfg.backendOptions(), backend.WithLogger(s.log)),
+			Resolver: cfg.Resolver,
+			Interval: cfg.ResolveInterval,
+		})
+		if err != nil {
+			s.closeAll()
+			return nil, err
+		}
+		s.fleets = append(s.fleets, f)
+	}
 	for _, r := range cfg.Routes {
 		for _, bh := range s.hosts {
 			bh.be.SetStreamAcceptor(r.Protocol, s.inbound(r))
+		}
+		for _, f := range s.fleets {
+			f.SetStreamAcceptor(r.Protocol, s.inbound(r))
 		}
 	}
 	for i, l := range s.listeners {
@@ -171,9 +208,21 @@ func Start(cfg Config) (*Sidecar, error) {
 	}
 	s.wg.Add(1)
 	go s.watch()
-	s.log.Info("sidecar started", "peer", s.ID(), "balancer", s.hosts[0].be.ID(),
-		"instances", len(cfg.Balancers), "routes", len(cfg.Routes), "outbound", len(cfg.Outbound), "proxy_protocol", cfg.ProxyProtocol)
+	s.log.Info("sidecar started", "peer", s.ID(), "instances", len(cfg.Balancers), "names", cfg.Names,
+		"routes", len(cfg.Routes), "outbound", len(cfg.Outbound), "proxy_protocol", cfg.ProxyProtocol)
 	return s, nil
+}
+
+// newFleetHost makes the host for one balancer instance found through DNS.
+func (s *Sidecar) newFleetHost(instance peer.AddrInfo) (host.Host, error) {
+	h, err := node.New(node.Config{Key: s.cfg.Key, LinkPeers: []peer.ID{instance.ID}})
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range s.cfg.Outbound {
+		h.Peerstore().AddAddrs(o.Peer, o.Addrs, peerstore.PermanentAddrTTL)
+	}
+	return h, nil
 }
 
 // groupInstances spreads the instances over as few hosts as possible, so
@@ -194,7 +243,7 @@ func groupInstances(instances []peer.AddrInfo) [][]peer.AddrInfo {
 }
 
 // ID returns the sidecar's own peer ID, the one balancers must allow.
-func (s *Sidecar) ID() peer.ID { return s.hosts[0].host.ID() }
+func (s *Sidecar) ID() peer.ID { return s.id }
 
 // OutboundAddrs returns the outbound listeners' addresses, in the order of
 // Config.Outbound, with the real port when 0 was asked for.
@@ -208,11 +257,34 @@ func (s *Sidecar) OutboundAddrs() []net.Addr {
 
 // Status returns the registration with every balancer instance: those of
 // the first host, then those of the second (instances sharing a peer ID are
-// spread over hosts), each host's in the order of Config.Balancers.
+// spread over hosts), each host's in the order of Config.Balancers; then
+// those found through each of Config.Names, ordered by address.
 func (s *Sidecar) Status() []backend.Status {
 	var out []backend.Status
+	for _, b := range s.backends() {
+		out = append(out, b.Status()...)
+	}
+	return out
+}
+
+// Instances returns the balancer instances in use that were found through
+// Config.Names, name after name, each name's ordered by address.
+func (s *Sidecar) Instances() []backend.Instance {
+	var out []backend.Instance
+	for _, f := range s.fleets {
+		out = append(out, f.Instances()...)
+	}
+	return out
+}
+
+// backends returns the Backends in use, in the order of Status.
+func (s *Sidecar) backends() []*backend.Backend {
+	var out []*backend.Backend
 	for _, bh := range s.hosts {
-		out = append(out, bh.be.Status()...)
+		out = append(out, bh.be)
+	}
+	for _, f := range s.fleets {
+		out = append(out, f.Backends()...)
 	}
 	return out
 }
@@ -226,11 +298,22 @@ func (s *Sidecar) ActiveStreams() int { return s.active.Len() }
 // when streams had to be cut.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
 	active := s.active.Len()
+	// The Fleets release their routes at once and close their hosts when
+	// the streams through them have ended.
+	var fleets sync.WaitGroup
+	for _, f := range s.fleets {
+		fleets.Add(1)
+		go func() {
+			defer fleets.Done()
+			f.Drain(ctx)
+		}()
+	}
 	s.stopAccepting()
 	err := s.active.Wait(ctx)
 	if err == nil && active > 0 {
 		node.WaitFlush(ctx)
 	}
+	fleets.Wait()
 	s.Close()
 	return err
 }
@@ -244,6 +327,9 @@ func (s *Sidecar) Close() error {
 		s.active.ResetAll()
 		s.cancel()
 		s.wg.Wait()
+		for _, f := range s.fleets {
+			f.Close()
+		}
 		for _, bh := range s.hosts {
 			bh.host.Close()
 		}
@@ -276,6 +362,9 @@ func (s *Sidecar) closeAll() {
 	for _, bh := range s.hosts {
 		bh.be.Close()
 		bh.host.Close()
+	}
+	for _, f := range s.fleets {
+		f.Close()
 	}
 	s.cancel()
 }
@@ -411,9 +500,9 @@ func (s *Sidecar) outbound(c tcpStream, o Outbound) {
 // cannot be reached or cannot reach p; any other refusal is final (see
 // backend.NewStreamThrough).
 func (s *Sidecar) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
-	bs := make([]*backend.Backend, len(s.hosts))
-	for i, bh := range s.hosts {
-		bs[i] = bh.be
+	bs := s.backends()
+	if len(bs) == 0 {
+		return nil, errors.New("no balancer instance found through DNS yet")
 	}
 	return backend.NewStreamThrough(ctx, bs, p, pids...)
 }

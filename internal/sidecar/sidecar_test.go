@@ -229,3 +229,79 @@ func TestParse(t *testing.T) {
 		t.Error("ParseBalancer accepted two peer IDs for one instance")
 	}
 }
+
+// TestDNSNames: a --balancer DNS name. The test's DNS server lists the
+// instances under /dnsaddr records that name /dns4 addresses (so both
+// kinds of records are followed); the sidecar registers with every
+// instance listed, follows an instance added and one removed within the
+// resolve interval, and carries streams through an instance it found.
+func TestDNSNames(t *testing.T) {
+	const interval = 500 * time.Millisecond
+	dns := testnet.NewDNS(t)
+	key, id := testnet.Key(t)
+	lbKey, lbID := testnet.Key(t)
+	var lbs []host.Host
+	for range 3 {
+		lbs = append(lbs, newBalancer(t, lbKey, id))
+	}
+	// Instance i is lb<i>.test, an A record for 127.0.0.1, at its port.
+	record := func(i int) string {
+		port, err := lbs[i].Addrs()[0].ValueForProtocol(ma.P_TCP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dns.SetA(fmt.Sprintf("lb%d.test", i), net.IPv4(127, 0, 0, 1))
+		return fmt.Sprintf("dnsaddr=/dns4/lb%d.test/tcp/%s/p2p/%s", i, port, lbID)
+	}
+	dns.SetTXT("_dnsaddr.lbs.test", record(0), record(1))
+	addr := testnet.StartTCPEcho(t, false).Addr
+	sc := start(t, sidecar.Config{Key: key, Names: []ma.Multiaddr{ma.StringCast("/dnsaddr/lbs.test")},
+		Resolver: dns.Resolver(t), ResolveInterval: interval,
+		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
+
+	// registered returns the ports of the instances the sidecar holds
+	// routes with, per its Status.
+	registeredWith := func(want ...int) func() bool {
+		return func() bool {
+			ins := sc.Instances()
+			if len(ins) != len(want) {
+				return false
+			}
+			for _, i := range want {
+				port, _ := lbs[i].Addrs()[0].ValueForProtocol(ma.P_TCP)
+				found := false
+				for _, in := range ins {
+					p, _ := in.Addr.ValueForProtocol(ma.P_TCP)
+					st := in.Backend.Status()
+					found = found || (p == port && len(st) == 1 && len(st[0].Protocols) == 1)
+				}
+				if !found {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	testnet.Eventually(t, interval+5*time.Second, registeredWith(0, 1), "registration with instances 0 and 1")
+
+	dns.SetTXT("_dnsaddr.lbs.test", record(1), record(2))
+	changed := time.Now()
+	testnet.Eventually(t, interval+5*time.Second, registeredWith(1, 2), "registration with instances 1 and 2 only")
+	t.Logf("registrations followed the records in %v (interval %v)", time.Since(changed).Round(time.Millisecond), interval)
+	testnet.Eventually(t, 10*time.Second, func() bool { return len(lbs[0].Network().ConnsToPeer(id)) == 0 },
+		"the removed instance's connection closed")
+
+	d := newHost(t, nil, false)
+	if err := d.Connect(context.Background(), testnet.Info(lbs[2])); err != nil {
+		t.Fatal(err)
+	}
+	lbtest.WaitServed(t, d, lbID, true, "/t/echo")
+	if got := roundTrip(t, d, lbID, "/t/echo", "via DNS"); got != "via DNS" {
+		t.Fatalf("echo %q", got)
+	}
+	if err := sc.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testnet.Eventually(t, 10*time.Second, func() bool { return len(lbs[2].Network().ConnsToPeer(id)) == 0 },
+		"every connection closed after Shutdown")
+}
