@@ -193,6 +193,7 @@ func TestServeBadConfig(t *testing.T) {
 		{"ttl", []string{"serve", "--identity", key, "--listen", local, "--ttl-default", "2m", "--ttl-max", "1m"}, []string{"ttl-max 1m0s"}},
 		{"unknown flag", []string{"serve", "--bogus"}, []string{"-bogus"}},
 		{"backend without /p2p", []string{"backend", "--identity", key, "--balancer", "/ip4/127.0.0.1/tcp/1", "--route", "/x=127.0.0.1:1"}, []string{`balancer "/ip4/127.0.0.1/tcp/1"`}},
+		{"backend DNS name without /p2p", []string{"backend", "--identity", key, "--balancer", "/dns4/lb.example/tcp/4242", "--route", "/x=127.0.0.1:1"}, []string{`balancer "/dns4/lb.example/tcp/4242"`, "/p2p/PEER_ID"}},
 		{"backend bad route", []string{"backend", "--identity", key, "--balancer", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEkmgYMKEKk5d2hg8xwtmu7S6gf2AHPqvB6TUvJ2m7m1f", "--route", "echo=127.0.0.1:1"}, []string{`route "echo=127.0.0.1:1"`}},
 		{"dial bad address", []string{"dial", "/ip4/127.0.0.1/tcp/1", "/x"}, []string{`"/ip4/127.0.0.1/tcp/1"`}},
 	} {
@@ -325,6 +326,28 @@ func TestTwoInstances(t *testing.T) {
 	waitRoute(t, addr1, "/two/echo/1.0.0", "back", "back")
 }
 
+// TestBackendDNSName: `backend --balancer` takes a DNS name; the sidecar
+// resolves it (here /dns4/localhost, from /etc/hosts: no DNS traffic leaves
+// the machine) and registers with the instance found. TestDNSNames in
+// internal/sidecar follows records as they change, on a DNS server of its
+// own.
+func TestBackendDNSName(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	aKey, aID := proctest.KeyFile(t, dir, "a.key")
+	_, addr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String()+"=/dns/*")
+	port := strings.Split(addr, "/")[4]
+	name := "/dns4/localhost/tcp/" + port + "/p2p/" + peerOf(t, addr).String()
+	svc := startEcho(t, false)
+	side := start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", name,
+		"--resolve-interval", "1s", "--route", "/dns/echo/1.0.0="+svc.addr)
+	waitRoute(t, addr, "/dns/echo/1.0.0", "found", "found")
+	if !strings.Contains(side.stderr.String(), "balancer instance added") ||
+		!strings.Contains(side.stderr.String(), "/ip4/127.0.0.1/tcp/"+port) {
+		t.Fatalf("the sidecar's log names no instance found at /ip4/127.0.0.1/tcp/%s:\n%s", port, side.stderr.String())
+	}
+}
+
 // TestDemo runs `balancer demo`.
 func TestDemo(t *testing.T) {
 	t.Parallel()
@@ -343,7 +366,7 @@ func TestHelp(t *testing.T) {
 	t.Parallel()
 	for cmd, want := range map[string][]string{
 		"serve":   {"--identity", "--listen", "--allow", "--ttl-default", "--ttl-max", "--config", "--drain-timeout", "/ip4/0.0.0.0/tcp/4242", "/ip4/0.0.0.0/udp/4242/quic-v1", "balancer.key", "1m0s", "10m0s"},
-		"backend": {"--identity", "--balancer", "--route", "--outbound", "--proxy-protocol", "backend.key"},
+		"backend": {"--identity", "--balancer", "--resolve-interval", "--route", "--outbound", "--proxy-protocol", "backend.key"},
 		"dial":    {"MULTIADDR PROTOCOL...", "--timeout", "30s"},
 		"id":      {"--identity", "balancer.key"},
 		"demo":    {"--ttl", "2s"},
