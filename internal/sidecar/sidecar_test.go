@@ -259,8 +259,8 @@ func TestDNSNames(t *testing.T) {
 		Resolver: dns.Resolver(t), ResolveInterval: interval,
 		Routes: []sidecar.Route{{Protocol: "/t/echo", Target: addr}}})
 
-	// registered returns the ports of the instances the sidecar holds
-	// routes with, per its Status.
+	// registeredWith says whether the instances in use are exactly want,
+	// and each holds the route.
 	registeredWith := func(want ...int) func() bool {
 		return func() bool {
 			ins := sc.Instances()
@@ -304,4 +304,27 @@ func TestDNSNames(t *testing.T) {
 	}
 	testnet.Eventually(t, 10*time.Second, func() bool { return len(lbs[2].Network().ConnsToPeer(id)) == 0 },
 		"every connection closed after Shutdown")
+}
+
+// TestAddBalancer: a --balancer DNS name is followed (Names), an address is
+// one instance (Balancers), and a /dns4 name without a peer ID is refused.
+func TestAddBalancer(t *testing.T) {
+	_, id := newKey(t)
+	var c sidecar.Config
+	for _, s := range []string{"/dnsaddr/lb.example", "/dns4/lb.example/udp/4242/quic-v1/p2p/" + id.String(), "/ip4/127.0.0.1/tcp/1/p2p/" + id.String()} {
+		if err := c.AddBalancer(s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	if len(c.Names) != 2 || len(c.Balancers) != 1 {
+		t.Fatalf("names %v, balancers %v: want the two names followed and the address as one instance", c.Names, c.Balancers)
+	}
+	if err := c.AddBalancer("/dns4/lb.example/tcp/4242"); err == nil {
+		t.Fatal("a /dns4 name without /p2p accepted")
+	}
+	c.Routes = []sidecar.Route{{Protocol: "/x", Target: "127.0.0.1:1"}}
+	c.ResolveInterval = -time.Second
+	if err := c.Check(); err == nil {
+		t.Fatal("a negative resolve interval accepted")
+	}
 }

@@ -23,7 +23,7 @@ type DNS struct {
 	mu      sync.Mutex
 	a       map[string][]net.IP
 	txt     map[string][]string
-	queries int
+	queries map[string]int
 }
 
 // NewDNS starts a DNS server, stopped when the test ends.
@@ -33,7 +33,7 @@ func NewDNS(t testing.TB) *DNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &DNS{addr: pc.LocalAddr().String(), a: map[string][]net.IP{}, txt: map[string][]string{}}
+	d := &DNS{addr: pc.LocalAddr().String(), a: map[string][]net.IP{}, txt: map[string][]string{}, queries: map[string]int{}}
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve)}
 	done := make(chan struct{})
 	go func() {
@@ -66,11 +66,11 @@ func (d *DNS) SetTXT(name string, values ...string) {
 	d.txt[canonical(name)] = values
 }
 
-// Queries returns how many queries the server has answered.
-func (d *DNS) Queries() int {
+// Queries returns how many queries for name the server has answered.
+func (d *DNS) Queries(name string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.queries
+	return d.queries[canonical(name)]
 }
 
 // Resolver returns a multiaddr resolver that sends every query to this
@@ -102,9 +102,9 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	m.SetReply(req)
 	m.Authoritative = true
 	d.mu.Lock()
-	d.queries++
 	for _, q := range req.Question {
 		name := canonical(q.Name)
+		d.queries[name]++
 		ips, hasA := d.a[name]
 		txts, hasTXT := d.txt[name]
 		if (!hasA || len(ips) == 0) && (!hasTXT || len(txts) == 0) {
