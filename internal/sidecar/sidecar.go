@@ -215,7 +215,7 @@ func Start(cfg Config) (*Sidecar, error) {
 
 // newFleetHost makes the host for one balancer instance found through DNS.
 func (s *Sidecar) newFleetHost(instance peer.AddrInfo) (host.Host, error) {
-	h, err := node.New(node.Config{Key: s.cfg.Key, LinkPeers: []peer.ID{instance.ID}})
+	h, err := node.New(node.Config{Key: s.cfg.Key, LinkPeers: []peer.ID{instance.ID}, Log: s.log.With("link", instance.Addrs[0].String())})
 	if err != nil {
 		return nil, err
 	}
