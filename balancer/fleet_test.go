@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // fleetInterval is the resolve interval of the fleet tests; a change of
@@ -59,11 +60,11 @@ func (in lbInstance) connected(be peer.ID) bool {
 func TestFleetFollowsDNS(t *testing.T) {
 	dns := testnet.NewDNS(t)
 	lbKey, _ := testnet.Key(t)
-	who := newIdentity(t)
+	who := lbtest.NewIdentity(t)
 	var lbs []lbInstance
 	for range 3 {
-		h := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: lbKey, LinkPeers: []peer.ID{who.id}, Extra: []libp2p.Option{libp2p.Ping(false)}})
-		lb, err := balancer.New(h, balancer.WithAllow(who.id))
+		h := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: lbKey, LinkPeers: []peer.ID{who.ID}, Extra: []libp2p.Option{libp2p.Ping(false)}})
+		lb, err := balancer.New(h, balancer.WithAllow(who.ID))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,7 +83,7 @@ func TestFleetFollowsDNS(t *testing.T) {
 	f, err := backend.NewFleet(backend.FleetConfig{
 		Name: ma.StringCast("/dnsaddr/lb.test"),
 		NewHost: func(instance peer.AddrInfo) (host.Host, error) {
-			return node.New(node.Config{Key: who.key, LinkPeers: []peer.ID{instance.ID}})
+			return node.New(node.Config{Key: who.Key, LinkPeers: []peer.ID{instance.ID}})
 		},
 		Resolver: dns.Resolver(t),
 		Interval: fleetInterval,
@@ -98,9 +99,9 @@ func TestFleetFollowsDNS(t *testing.T) {
 	})
 
 	testnet.Eventually(t, fleetInterval+fleetSlack, func() bool {
-		return lbs[0].registered(who.id) && lbs[1].registered(who.id)
+		return lbs[0].registered(who.ID) && lbs[1].registered(who.ID)
 	}, "registration with the two instances published")
-	if lbs[2].connected(who.id) {
+	if lbs[2].connected(who.ID) {
 		t.Fatal("the unpublished instance has a connection from the backend")
 	}
 	if n := len(f.Instances()); n != 2 {
@@ -123,10 +124,10 @@ func TestFleetFollowsDNS(t *testing.T) {
 	changed := time.Now()
 	publish(lbs[0], lbs[2])
 	testnet.Eventually(t, fleetInterval+fleetSlack, func() bool {
-		return lbs[2].registered(who.id) && !lbs[1].registered(who.id)
+		return lbs[2].registered(who.ID) && !lbs[1].registered(who.ID)
 	}, "instance 2 registered with and instance 1 released")
 	t.Logf("registrations followed the records in %v (interval %v)", time.Since(changed).Round(time.Millisecond), fleetInterval)
-	if !lbs[0].registered(who.id) {
+	if !lbs[0].registered(who.ID) {
 		t.Fatal("instance 0, still published, lost its route")
 	}
 	for _, in := range f.Instances() {
@@ -137,7 +138,7 @@ func TestFleetFollowsDNS(t *testing.T) {
 
 	// The stream through the removed instance goes on, and holds its host.
 	echoBack(t, s, "after")
-	if !lbs[1].connected(who.id) {
+	if !lbs[1].connected(who.ID) {
 		t.Fatal("the removed instance's host closed with a stream in flight")
 	}
 	if err := s.CloseWrite(); err != nil {
@@ -146,9 +147,9 @@ func TestFleetFollowsDNS(t *testing.T) {
 	if rest, err := io.ReadAll(s); err != nil || len(rest) != 0 {
 		t.Fatalf("end of the stream: %q, %v", rest, err)
 	}
-	testnet.Eventually(t, 10*time.Second, func() bool { return !lbs[1].connected(who.id) },
+	testnet.Eventually(t, 10*time.Second, func() bool { return !lbs[1].connected(who.ID) },
 		"the removed instance's host closed once its stream ended")
-	if !lbs[0].connected(who.id) || !lbs[2].connected(who.id) {
+	if !lbs[0].connected(who.ID) || !lbs[2].connected(who.ID) {
 		t.Fatal("a published instance lost its connection")
 	}
 
@@ -160,7 +161,7 @@ func TestFleetFollowsDNS(t *testing.T) {
 		q := dns.Queries("_dnsaddr.lb.test")
 		testnet.Eventually(t, 10*fleetInterval, func() bool { return dns.Queries("_dnsaddr.lb.test") > q }, "a resolution of the emptied name")
 	}
-	if n := len(f.Instances()); n != 2 || !lbs[0].registered(who.id) || !lbs[2].registered(who.id) {
+	if n := len(f.Instances()); n != 2 || !lbs[0].registered(who.ID) || !lbs[2].registered(who.ID) {
 		t.Fatalf("after a failed resolution: %d instances in use, want the 2 known", n)
 	}
 }

@@ -338,13 +338,13 @@ func TestBackendDNSName(t *testing.T) {
 	_, addr := serve(t, "lb", "--identity", filepath.Join(dir, "lb.key"), "--allow", aID.String()+"=/dns/*")
 	port := strings.Split(addr, "/")[4]
 	name := "/dns4/localhost/tcp/" + port + "/p2p/" + peerOf(t, addr).String()
-	svc := startEcho(t, false)
-	side := start(t, "sidecar", procOpts{}, "backend", "--identity", aKey, "--balancer", name,
-		"--resolve-interval", "1s", "--route", "/dns/echo/1.0.0="+svc.addr)
+	svc := testnet.StartTCPEcho(t, false)
+	side := start(t, "sidecar", proctest.Options{}, "backend", "--identity", aKey, "--balancer", name,
+		"--resolve-interval", "1s", "--route", "/dns/echo/1.0.0="+svc.Addr)
 	waitRoute(t, addr, "/dns/echo/1.0.0", "found", "found")
-	if !strings.Contains(side.stderr.String(), "balancer instance added") ||
-		!strings.Contains(side.stderr.String(), "/ip4/127.0.0.1/tcp/"+port) {
-		t.Fatalf("the sidecar's log names no instance found at /ip4/127.0.0.1/tcp/%s:\n%s", port, side.stderr.String())
+	if !strings.Contains(side.Stderr.String(), "balancer instance added") ||
+		!strings.Contains(side.Stderr.String(), "/ip4/127.0.0.1/tcp/"+port) {
+		t.Fatalf("the sidecar's log names no instance found at /ip4/127.0.0.1/tcp/%s:\n%s", port, side.Stderr.String())
 	}
 }
 

@@ -309,7 +309,7 @@ func TestDNSNames(t *testing.T) {
 // TestAddBalancer: a --balancer DNS name is followed (Names), an address is
 // one instance (Balancers), and a /dns4 name without a peer ID is refused.
 func TestAddBalancer(t *testing.T) {
-	_, id := newKey(t)
+	_, id := testnet.Key(t)
 	var c sidecar.Config
 	for _, s := range []string{"/dnsaddr/lb.example", "/dns4/lb.example/udp/4242/quic-v1/p2p/" + id.String(), "/ip4/127.0.0.1/tcp/1/p2p/" + id.String()} {
 		if err := c.AddBalancer(s); err != nil {
