@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -29,9 +30,15 @@ import (
 // Balancer serves the balancer protocol on a host. Create it with New and
 // stop it with Close or Shutdown.
 type Balancer struct {
-	h   host.Host
-	cfg config
-	log *slog.Logger
+	h host.Host
+	// cfg is the configuration New was given. Only its tracer and logger
+	// are read from it: they stay for the Balancer's life. Every other
+	// setting is read through settings(), which Update replaces.
+	cfg     config
+	current atomic.Pointer[config]
+	// reconfigured wakes the prober when Update changes its interval.
+	reconfigured chan struct{}
+	log          *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -96,20 +103,19 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 		backends:     map[peer.ID]*backendState{},
 		pools:        map[protocol.ID]*pool{},
 		installed:    map[protocol.ID]bool{},
+		reconfigured: make(chan struct{}, 1),
 	}
 	b.refusals = logging.NewSummary(b.log, logging.SummaryInterval)
+	b.current.Store(&cfg)
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
 	}
 	h.SetStreamHandler(wire.RoutingRequestID, b.handleRoutingRequest)
 	h.SetStreamHandler(wire.ForwardID, b.handleOutbound)
-	b.wg.Add(1)
+	b.wg.Add(2)
 	go b.watchConnectedness()
-	if cfg.probeInterval > 0 {
-		b.wg.Add(1)
-		go b.probeBackends()
-	}
+	go b.probeBackends()
 	return b, nil
 }
 
@@ -185,7 +191,7 @@ func (b *Balancer) stopAccepting() {
 			r.timer.Stop()
 		}
 	}
-	for p := range b.cfg.acl {
+	for p := range b.settings().acl {
 		b.h.ConnManager().Unprotect(p, "libp2p-balancer")
 	}
 	b.sub.Close()

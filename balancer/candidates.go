@@ -19,7 +19,7 @@ func (b *Balancer) candidates(proto protocol.ID, remote peer.ID) []member {
 		return nil
 	}
 	now := time.Now()
-	limit := int64(b.cfg.limits.StreamsPerBackend)
+	limit := int64(b.settings().limits.StreamsPerBackend)
 	healthy := make([]member, 0, len(pl.routes))
 	var ejected []member
 	for _, r := range pl.routes {
@@ -37,7 +37,7 @@ func (b *Balancer) candidates(proto protocol.ID, remote peer.ID) []member {
 			healthy = append(healthy, m)
 		}
 	}
-	policy := b.cfg.policyFor(proto)
+	policy := b.settings().policyFor(proto)
 	pl.order(policy, healthy, remote)
 	pl.order(policy, ejected, remote)
 	return append(healthy, ejected...)

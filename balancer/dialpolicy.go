@@ -264,7 +264,7 @@ func (b *Balancer) admitDial(from, target peer.ID) *wire.StatusError {
 	if b.h.Network().Connectedness(target) == network.Connected {
 		return nil
 	}
-	rate := b.cfg.dialPolicy().DialsPerSecondPerBackend
+	rate := b.settings().dialPolicy().DialsPerSecondPerBackend
 	if !b.dials.take(from, rate) {
 		return wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's rate of %g dials per second is reached", rate)
 	}

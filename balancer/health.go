@@ -91,7 +91,7 @@ func (b *Balancer) recordOutcome(be *backendState, o outcome) (ejected bool, unt
 		}
 		return false, 0
 	}
-	cfg := b.cfg.health
+	cfg := b.settings().health
 	h.failures++
 	if cfg.ConsecutiveFailures <= 0 || h.failures < cfg.ConsecutiveFailures {
 		return false, 0

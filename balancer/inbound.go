@@ -79,7 +79,7 @@ func (b *Balancer) handleInbound(s network.Stream) {
 // completes after Close is refused by the closed group in carry, which
 // resets both streams.
 func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, error) {
-	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.handshakeTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, b.settings().handshakeTimeout)
 	defer cancel()
 	bs, err := b.opener.Open(ctx, func() []network.Conn { return b.h.Network().ConnsToPeer(be.id) }, wire.ForwardID)
 	if err != nil {
@@ -102,7 +102,7 @@ func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, rem
 	be.active.Add(1)
 	tr := b.cfg.tracer
 	cfg := &pipe.Config{
-		IdleTimeout: b.cfg.idleTimeout,
+		IdleTimeout: b.settings().idleTimeout,
 		Progress: func(d pipe.Direction, n int) {
 			toBackend := d == pipe.AToB
 			if toBackend {

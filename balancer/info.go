@@ -38,7 +38,7 @@ func (b *Balancer) Routes() []RouteInfo {
 	defer b.mu.Unlock()
 	var out []RouteInfo
 	for proto, pl := range b.pools {
-		policy := b.cfg.policyFor(proto)
+		policy := b.settings().policyFor(proto)
 		for _, r := range pl.routes {
 			out = append(out, RouteInfo{
 				Protocol:  proto,
@@ -64,7 +64,7 @@ func (b *Balancer) Routes() []RouteInfo {
 func (b *Balancer) Backends() []BackendInfo {
 	b.mu.Lock()
 	ids := map[peer.ID]*backendState{}
-	for p := range b.cfg.acl {
+	for p := range b.settings().acl {
 		ids[p] = nil
 	}
 	for p, be := range b.backends {

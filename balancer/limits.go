@@ -127,6 +127,14 @@ func (a *admission) admitInbound(remote peer.ID) *refusal {
 	return nil
 }
 
+// setLimits replaces the limits; streams already admitted keep their
+// slots, and the next admission is judged by the new limits.
+func (a *admission) setLimits(l Limits) {
+	a.mu.Lock()
+	a.limits = l
+	a.mu.Unlock()
+}
+
 func (a *admission) releaseInbound(remote peer.ID) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -25,7 +25,7 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		return
 	}
 	from := s.Conn().RemotePeer()
-	if !b.cfg.acl.isBackend(from) {
+	if !b.settings().acl.isBackend(from) {
 		// Answer without reading: the balancer is no open proxy, and a
 		// stranger costs one small write.
 		const text = "this peer is not an allowed backend"
@@ -33,7 +33,7 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 		wire.WriteFinal(s, &pb.ForwardResponse{Status: pb.Status_PERMISSION_DENIED, Text: text})
 		return
 	}
-	_ = s.SetDeadline(time.Now().Add(b.cfg.handshakeTimeout))
+	_ = s.SetDeadline(time.Now().Add(b.settings().handshakeTimeout))
 	var req pb.Forward
 	if err := wire.NewReader(s).ReadMsg(&req); err != nil {
 		if errors.Is(err, wire.ErrMalformed) {
@@ -56,7 +56,7 @@ func (b *Balancer) handleOutbound(s network.Stream) {
 				b.releaseOutbound(be)
 			}
 		}()
-		_ = s.SetDeadline(time.Now().Add(b.cfg.dialTimeout))
+		_ = s.SetDeadline(time.Now().Add(b.settings().dialTimeout))
 		var ts network.Stream
 		start := time.Now()
 		ts, serr = b.openTarget(from, target, addrs, protos)
@@ -100,7 +100,7 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 	if len(req.GetProtocols()) == 0 {
 		return target, nil, nil, wire.Errorf(pb.Status_MALFORMED_MESSAGE, "no protocol requested")
 	}
-	if limit := b.cfg.limits.ProtocolsPerRequest; limit > 0 && len(req.GetProtocols()) > limit {
+	if limit := b.settings().limits.ProtocolsPerRequest; limit > 0 && len(req.GetProtocols()) > limit {
 		return target, nil, nil, wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d protocols exceed the limit of %d", len(req.GetProtocols()), limit)
 	}
 	protos := make([]protocol.ID, 0, len(req.GetProtocols()))
@@ -111,7 +111,7 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 		if controlProtocol(p) {
 			return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "protocol %q is one of the balancer host's own and is never opened for a backend", p)
 		}
-		if !b.cfg.acl.permits(from, p) {
+		if !b.settings().acl.permits(from, p) {
 			return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "protocol %q is not allowed to this backend", p)
 		}
 		protos = append(protos, protocol.ID(p))
@@ -127,7 +127,7 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 	if target == b.h.ID() {
 		return target, nil, nil, wire.Errorf(pb.Status_DIAL_FAILED, "the target is the balancer itself")
 	}
-	if b.cfg.acl.isBackend(target) && !b.cfg.backendToBackend {
+	if b.settings().acl.isBackend(target) && !b.settings().backendToBackend {
 		return target, nil, nil, wire.Errorf(pb.Status_PERMISSION_DENIED, "the target is an allowed backend, and backend-to-backend streams are off")
 	}
 	return target, protos, addrs, nil
@@ -141,12 +141,12 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 // The addresses the request names go through the dial policy first, and
 // a dial counts against the backend's dial rate (see dialpolicy.go).
 func (b *Balancer) openTarget(from, target peer.ID, addrs []ma.Multiaddr, protos []protocol.ID) (network.Stream, *wire.StatusError) {
-	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.dialTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, b.settings().dialTimeout)
 	defer cancel()
 	if serr := b.admitDial(from, target); serr != nil {
 		return nil, serr
 	}
-	policy := b.cfg.dialPolicy()
+	policy := b.settings().dialPolicy()
 	addrs, refused := policy.filterHints(addrs)
 	if len(addrs) > 0 {
 		b.h.Peerstore().AddAddrs(target, addrs, peerstore.TempAddrTTL)
@@ -198,9 +198,9 @@ func (b *Balancer) backend(p peer.ID) *backendState {
 func (b *Balancer) admitOutbound(be *backendState) *wire.StatusError {
 	n := be.outbound.Add(1)
 	var err *wire.StatusError
-	if l := int64(b.cfg.limits.OutboundPerBackend); l > 0 && n > l {
+	if l := int64(b.settings().limits.OutboundPerBackend); l > 0 && n > l {
 		err = wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's limit of %d outbound streams is reached", l)
-	} else if l := int64(b.cfg.limits.StreamsPerBackend); l > 0 && be.active.Load() >= l {
+	} else if l := int64(b.settings().limits.StreamsPerBackend); l > 0 && be.active.Load() >= l {
 		err = wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's limit of %d streams is reached", l)
 	} else if aerr := b.admission.admitOutbound(); aerr != nil {
 		err = wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%v", aerr)

@@ -14,17 +14,28 @@ import (
 // interval, and disconnects one that does not answer in time, which
 // suspends its routes (watchConnectedness). It runs on its own goroutine,
 // owned by the Balancer; each round's pings run concurrently and the round
-// waits for them, so no ping outlives Close.
+// waits for them, so no ping outlives Close. The interval is read each
+// round, and Update wakes a wait so that a new interval (or probing turned
+// on or off) applies at once.
 func (b *Balancer) probeBackends() {
 	defer b.wg.Done()
-	interval := b.cfg.probeInterval
-	t := time.NewTicker(interval)
+	t := time.NewTimer(0)
+	t.Stop()
 	defer t.Stop()
 	for {
+		interval := b.settings().probeInterval
+		var tick <-chan time.Time // nil while probing is off
+		if interval > 0 {
+			t.Reset(interval)
+			tick = t.C
+		}
 		select {
 		case <-b.ctx.Done():
 			return
-		case <-t.C:
+		case <-b.reconfigured:
+			t.Stop()
+			continue
+		case <-tick:
 		}
 		b.mu.Lock()
 		var targets []peer.ID

@@ -124,7 +124,7 @@ func (b *Balancer) refused(r Refusal) {
 // and "" for "". Outbound protocols are chosen by backends, and one looping
 // over random protocol IDs must not create metric series without end.
 func (b *Balancer) labelProtocol(p protocol.ID) protocol.ID {
-	if p == "" || b.cfg.acl.namesExactly(string(p)) {
+	if p == "" || b.settings().acl.namesExactly(string(p)) {
 		return p
 	}
 	b.mu.Lock()

@@ -28,7 +28,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		return
 	}
 	p := s.Conn().RemotePeer()
-	if !b.cfg.acl.isBackend(p) {
+	if !b.settings().acl.isBackend(p) {
 		// Answer without reading: a stranger costs one small write.
 		b.registrationRefused(p, pb.Status_PERMISSION_DENIED, "")
 		wire.WriteFinal(s, &pb.RoutingResponse{Status: pb.Status_PERMISSION_DENIED, Text: "this peer is not an allowed backend"})
@@ -66,7 +66,7 @@ func (b *Balancer) handleRoutingRequest(s network.Stream) {
 		default:
 			b.registrationRefused(p, resp.Status, resp.Text)
 		}
-		_ = s.SetWriteDeadline(time.Now().Add(b.cfg.handshakeTimeout))
+		_ = s.SetWriteDeadline(time.Now().Add(b.settings().handshakeTimeout))
 		if err := wire.WriteMsg(s, resp); err != nil {
 			s.Reset()
 			return
@@ -93,7 +93,7 @@ func (b *Balancer) registrationRefused(p peer.ID, status pb.Status, text string)
 // validate checks a request's shape; nil means it may be applied.
 func (b *Balancer) validate(req *pb.RoutingRequest) *pb.RoutingResponse {
 	n := len(req.GetProtocols()) + len(req.GetRelease())
-	if limit := b.cfg.limits.ProtocolsPerRequest; limit > 0 && n > limit {
+	if limit := b.settings().limits.ProtocolsPerRequest; limit > 0 && n > limit {
 		return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d protocols in one request exceed the limit of %d", n, limit)
 	}
 	for _, list := range [][]string{req.GetProtocols(), req.GetRelease()} {

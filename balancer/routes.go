@@ -113,20 +113,25 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 // anything changes, so that a request is applied whole or not at all. It
 // returns the refusal, or nil. Called with b.mu held.
 func (b *Balancer) admit(p peer.ID, be *backendState, req *pb.RoutingRequest) *pb.RoutingResponse {
+	// The stream was admitted under the settings of its start; Update may
+	// have withdrawn the permission since.
+	if !b.settings().acl.isBackend(p) {
+		return refuse(pb.Status_PERMISSION_DENIED, "this peer is not an allowed backend")
+	}
 	hostProtos := b.hostProtocols()
 	for _, s := range req.GetProtocols() {
 		proto := protocol.ID(s)
 		if isReserved(proto, hostProtos) {
 			return refuse(pb.Status_PROTOCOL_RESERVED, "protocol %q is served by the balancer itself", s)
 		}
-		if !b.cfg.acl.permits(p, s) {
+		if !b.settings().acl.permits(p, s) {
 			return refuse(pb.Status_PERMISSION_DENIED, "protocol %q is not allowed to this backend", s)
 		}
 	}
 	if size := responseSize(be, req); size > wire.MaxMessageSize {
 		return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "this backend's routes would not fit in one %d-byte response (%d bytes of protocol IDs)", wire.MaxMessageSize, size)
 	}
-	if limit := b.cfg.limits.RoutesPerBackend; limit > 0 {
+	if limit := b.settings().limits.RoutesPerBackend; limit > 0 {
 		n := 0
 		if be != nil {
 			n = len(be.routes)
@@ -194,9 +199,9 @@ func refuse(status pb.Status, format string, args ...any) *pb.RoutingResponse {
 // grantTTL turns a requested TTL into the one granted.
 func (b *Balancer) grantTTL(seconds uint32) time.Duration {
 	if seconds == 0 {
-		return b.cfg.ttlDefault
+		return b.settings().ttlDefault
 	}
-	return min(time.Duration(seconds)*time.Second, b.cfg.ttlMax)
+	return min(time.Duration(seconds)*time.Second, b.settings().ttlMax)
 }
 
 // protocols lists the backend's routes, sorted.
@@ -248,7 +253,7 @@ func (b *Balancer) removeRoute(r *route) {
 	if len(pl.routes) == 0 {
 		delete(b.pools, r.proto)
 	}
-	if len(r.backend.routes) == 0 && !b.cfg.acl.isBackend(r.backend.id) {
+	if len(r.backend.routes) == 0 && !b.settings().acl.isBackend(r.backend.id) {
 		delete(b.backends, r.backend.id)
 	}
 }

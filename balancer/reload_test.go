@@ -1,0 +1,156 @@
+package balancer_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
+)
+
+// streamingEcho writes back each chunk as it arrives, so that a test can
+// check a stream in the middle of its life.
+func streamingEcho(s network.Stream) {
+	defer s.Close()
+	if _, err := io.Copy(s, s); err != nil {
+		s.Reset()
+	}
+}
+
+// TestUpdate: Update withdraws a backend's routes while its stream in flight
+// goes on, lets a newly allowed backend register at once, narrows a grant to
+// the routes it still covers, and changes nothing when an option is bad.
+func TestUpdate(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a, b := newIdentity(t), newIdentity(t)
+		f := newFixture(t, tr, []identity{a})
+		lbID := f.host.ID()
+		const svc = protocol.ID("/svc/1.0.0")
+		ab, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{svc: streamingEcho})
+		waitRegistered(t, ab, svc)
+		client := f.newPeer()
+		waitServed(t, client, lbID, true, svc)
+
+		bh := testnet.NewHost(t, tr, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lbID}})
+		testnet.Connect(t, bh, f.host)
+		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+			t.Fatalf("b before it is allowed: %v", resp)
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		s, err := client.NewStream(ctx, lbID, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+		echoed := func(msg string) {
+			t.Helper()
+			if _, err := s.Write([]byte(msg)); err != nil {
+				t.Fatalf("writing %q: %v", msg, err)
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(s, got); err != nil || string(got) != msg {
+				t.Fatalf("echo of %q: %q, %v", msg, got, err)
+			}
+		}
+		echoed("before the update")
+
+		// a's permission withdrawn, b's granted.
+		if err := f.lb.Update(balancer.WithAllow(b.id)); err != nil {
+			t.Fatal(err)
+		}
+		waitServed(t, client, lbID, false, svc)
+		echoed("after the update")
+		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/x", "/svc/1.0.0"}}); resp.Status != pb.Status_OK {
+			t.Fatalf("b once allowed: %v", resp)
+		}
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key})
+		testnet.Connect(t, ah, f.host)
+		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/svc/1.0.0"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+			t.Fatalf("a once withdrawn: %v", resp)
+		}
+
+		// A narrower grant keeps only the routes it covers.
+		if err := f.lb.Update(balancer.WithAllow(b.id, "/keep/*")); err != nil {
+			t.Fatal(err)
+		}
+		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{}); !slices.Equal(resp.Protocols, []string{"/keep/x"}) {
+			t.Fatalf("b's routes under the narrower grant: %v", resp.Protocols)
+		}
+		waitServed(t, client, lbID, false, svc)
+
+		// A bad option is refused whole: b keeps its grant.
+		var oe *balancer.OptionError
+		if err := f.lb.Update(balancer.WithProbeInterval(-time.Second)); !errors.As(err, &oe) || oe.Setting != "probe interval" {
+			t.Fatalf("bad update: %v", err)
+		}
+		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/y"}}); resp.Status != pb.Status_OK {
+			t.Fatalf("b after a refused update: %v", resp)
+		}
+
+		echoed("at the end")
+		if err := s.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		if rest, err := io.ReadAll(s); err != nil || len(rest) != 0 {
+			t.Fatalf("end of the stream: %q, %v", rest, err)
+		}
+	})
+}
+
+// TestUpdateLimits: new limits judge the next stream, and the streams
+// already admitted keep going.
+func TestUpdateLimits(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a})
+	lbID := f.host.ID()
+	const svc = protocol.ID("/svc/1.0.0")
+	ab, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{svc: streamingEcho})
+	waitRegistered(t, ab, svc)
+	client := f.newPeer()
+	waitServed(t, client, lbID, true, svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	open := func() (network.Stream, error) {
+		s, err := client.NewStream(ctx, lbID, svc)
+		if err != nil {
+			return nil, err
+		}
+		_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := s.Write([]byte("x")); err != nil {
+			return s, err
+		}
+		_, err = io.ReadFull(s, make([]byte, 1))
+		return s, err
+	}
+	held, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.lb.Update(balancer.WithAllow(a.id), balancer.WithLimits(balancer.Limits{Streams: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := open(); err == nil {
+		s.Reset()
+		t.Fatal("a second stream passed a balancer-wide limit of 1")
+	}
+	roundTrip(t, held, []byte("the held stream goes on"))
+	if err := f.lb.Update(balancer.WithAllow(a.id)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := open()
+	if err != nil {
+		t.Fatalf("after the limit was lifted: %v", err)
+	}
+	s.Close()
+}
