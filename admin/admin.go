@@ -1,9 +1,10 @@
 // Package admin is the balancer's admin HTTP listener: Prometheus metrics
 // at /metrics, a JSON API (/api/status, /api/routes, /api/backends,
-// /api/events, and an index of them all at /api), liveness and readiness probes (/healthz, /readyz), and a
-// self-refreshing status page at / that needs no external asset. It also
-// has the typed Client of that API and PrintStatus, which `balancer status`
-// prints.
+// /api/events, an index of them all at /api, and POST /api/reload when the
+// daemon can reload), liveness and readiness probes (/healthz, /readyz),
+// and a self-refreshing status page at / that needs no external asset. It
+// also has the typed Client of that API and PrintStatus, which `balancer
+// status` prints.
 //
 // A daemon builds a Handler, checks its bind address with CheckBind (or
 // lets Server.Start do it), and runs a Server:
@@ -31,6 +32,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -83,6 +85,14 @@ type Handler struct {
 	// Log receives failed authentications and internal errors; nil means
 	// slog.Default().
 	Log *slog.Logger
+	// Config, when set, says which configuration is in force, for
+	// /api/status and the page.
+	Config func() *ConfigInfo
+	// Reload, when set, serves POST /api/reload: it re-reads the
+	// configuration and applies it, or returns the one-line reason it
+	// refused the whole of it (the answer may still carry the
+	// configuration in force).
+	Reload func(context.Context) (*ReloadResult, error)
 
 	once   sync.Once
 	mux    *http.ServeMux
@@ -123,6 +133,7 @@ func (h *Handler) init() {
 	mux.Handle("GET /api/events", h.auth(http.HandlerFunc(h.serveEvents)))
 	mux.Handle("GET /api", h.auth(http.HandlerFunc(h.serveIndex)))
 	mux.Handle("GET /api/{$}", h.auth(http.HandlerFunc(h.serveIndex)))
+	mux.Handle("POST /api/reload", h.auth(http.HandlerFunc(h.serveReload)))
 	mux.Handle("GET /{$}", h.auth(http.HandlerFunc(h.servePage)))
 	mux.HandleFunc("POST /login", h.serveLogin)
 	h.mux = mux
@@ -359,6 +370,9 @@ func (h *Handler) status(s *snapshot) Status {
 		st.ActiveStreams = h.Balancer.ActiveStreams()
 	}
 	sort.Strings(st.Addrs)
+	if h.Config != nil {
+		st.Config = h.Config()
+	}
 	if err := h.ready(); err != nil {
 		st.NotReady = err.Error()
 	} else {

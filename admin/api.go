@@ -35,6 +35,9 @@ type Status struct {
 	// backends since start; two readings give a rate.
 	BytesTo   int64 `json:"bytes_to"`
 	BytesFrom int64 `json:"bytes_from"`
+	// Config says which configuration is in force; absent when the
+	// Handler has no Config function (a library user's own setup).
+	Config *ConfigInfo `json:"config,omitempty"`
 }
 
 // RouteList is the answer of /api/routes.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -81,8 +82,14 @@ func (c *Client) Events(ctx context.Context) ([]Event, error) {
 }
 
 func (c *Client) get(ctx context.Context, path string, v any) error {
+	return c.do(ctx, http.MethodGet, path, v)
+}
+
+// do sends a request without a body and decodes the JSON answer into v,
+// when the status is 200 or one of also.
+func (c *Client) do(ctx context.Context, method, path string, v any, also ...int) error {
 	url := c.base() + path
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return fmt.Errorf("admin API: %w", err)
 	}
@@ -104,7 +111,7 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:
 		return fmt.Errorf("%s: %w", url, ErrUnauthorized)
-	case resp.StatusCode != http.StatusOK:
+	case resp.StatusCode != http.StatusOK && !slices.Contains(also, resp.StatusCode):
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
 	}
@@ -179,6 +186,12 @@ func printSummary(w io.Writer, st *Status) error {
 	fmt.Fprintf(tw, "Backends\t%d of %d connected, %d ejected\n", st.BackendsConnected, st.Backends, st.BackendsEjected)
 	fmt.Fprintf(tw, "Streams\t%d active\n", st.ActiveStreams)
 	fmt.Fprintf(tw, "Bytes\t%s to backends, %s from backends\n", bytesString(st.BytesTo), bytesString(st.BytesFrom))
+	if c := st.Config; c != nil {
+		fmt.Fprintf(tw, "Config\t%s\n", configLine(c, st.Time))
+		if len(c.NeedsRestart) > 0 {
+			fmt.Fprintf(tw, "\tchanged, needs a restart: %s\n", strings.Join(c.NeedsRestart, ", "))
+		}
+	}
 	return tw.Flush()
 }
 
@@ -296,4 +309,17 @@ func bytesString(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// configLine says which configuration is in force: the file and the start
+// of its hash, and when it was loaded.
+func configLine(c *ConfigInfo, now time.Time) string {
+	from := "flags only"
+	if c.File != "" {
+		from = c.File
+		if len(c.SHA256) >= 12 {
+			from += " (sha256 " + c.SHA256[:12] + ")"
+		}
+	}
+	return fmt.Sprintf("%s, loaded %s (%s ago)", from, c.LoadedAt.Local().Format(time.DateTime), now.Sub(c.LoadedAt).Round(time.Second))
 }

@@ -23,12 +23,22 @@ own peer ID.
 On start it prints each address to reach it on, one per line, each a full
 multiaddr ending in /p2p/<peer ID>; logs go to standard error. SIGINT or
 SIGTERM stops accepting new streams, lets streams in flight finish for up to
---drain-timeout, and exits 0 (a second signal cuts the wait short). SIGHUP
-reads the --tls-cert and --tls-key files again, for a renewed certificate.
+--drain-timeout, and exits 0 (a second signal cuts the wait short).
 
 Browsers reach the balancer on /ws, /tls/ws (which needs --tls-cert and
 --tls-key), /quic-v1/webtransport and /webrtc-direct addresses; see
 docs/deploy.md.
+
+SIGHUP, or POST /api/reload on the admin listener, reads the --tls-cert and
+--tls-key files again (for a renewed certificate) and --config again (with
+the flags given still overriding it), and applies at once the allow
+list, pools, limits, health, TTLs, timeouts, probe interval, outbound policy,
+drain timeout and log level, without cutting a stream. A backend no longer
+allowed loses its routes; its streams in flight finish. An invalid file
+changes nothing, and the log names the culprit in one line. Settings that
+cannot change live (identity, listen and admin addresses, certificate file
+names, per-IP connection limits, log format) are logged as needing a
+restart and keep their values.
 
 Settings come from --config (YAML; see balancer.example.yaml), then from the
 flags given, which override the file; a repeatable flag replaces the file's
@@ -47,11 +57,14 @@ loopback unless --admin-public is given, which then requires a token.`,
 			if len(args) > 0 {
 				return fail("serve", fmt.Errorf("unexpected argument %q (flags only)", args[0]))
 			}
-			cfg, err := serveConfig(*configPath, fs)
+			src := daemon.Source{File: *configPath, Load: func() (daemon.Config, string, error) {
+				return loadServeConfig(*configPath, fs)
+			}}
+			cfg, sum, err := src.Load()
 			if err != nil {
 				return fail("serve", err)
 			}
-			return serve(cfg)
+			return serve(cfg, src, sum)
 		}
 	},
 }
@@ -90,10 +103,19 @@ func serveFlags(fs *flag.FlagSet, c *daemon.Config) *allowFlag {
 // serveConfig is the defaults, then the file at path (if any), then the
 // flags given on parsed.
 func serveConfig(path string, parsed *flag.FlagSet) (daemon.Config, error) {
+	cfg, _, err := loadServeConfig(path, parsed)
+	return cfg, err
+}
+
+// loadServeConfig is serveConfig, and also returns the hash of the file. A
+// reload calls it again, so that the flags keep overriding the file.
+func loadServeConfig(path string, parsed *flag.FlagSet) (daemon.Config, string, error) {
 	cfg := daemon.DefaultConfig()
+	var sum string
 	if path != "" {
-		if err := daemon.LoadFile(path, &cfg); err != nil {
-			return cfg, err
+		var err error
+		if sum, err = daemon.LoadFileSum(path, &cfg); err != nil {
+			return cfg, "", err
 		}
 	}
 	over := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -116,7 +138,7 @@ func serveConfig(path string, parsed *flag.FlagSet) (daemon.Config, error) {
 	if err == nil {
 		err = allow.err
 	}
-	return cfg, err
+	return cfg, sum, err
 }
 
 // allowFlag is --allow, a repeatable flag bound to a list of Allow whose
@@ -157,14 +179,15 @@ func (f *allowFlag) Set(s string) error {
 
 func (f *allowFlag) values() []string { return f.given }
 
-func serve(cfg daemon.Config) int {
+func serve(cfg daemon.Config, src daemon.Source, sum string) int {
 	if _, err := cfg.Check(); err != nil {
 		return fail("serve", err)
 	}
-	log, err := logging.New(cfg.LogFormat, cfg.LogLevel, os.Stderr)
+	log, level, err := logging.NewVar(cfg.LogFormat, cfg.LogLevel, os.Stderr)
 	if err != nil {
 		return fail("serve", err)
 	}
+	src.Level = level
 	// Signals are caught before the addresses are printed: whoever reads
 	// them may signal at once.
 	sigs := make(chan os.Signal, 2)
@@ -178,21 +201,22 @@ func serve(cfg daemon.Config) int {
 	if err != nil {
 		return fail("serve", err)
 	}
+	d.SetSource(src, sum)
 	for _, a := range d.Addrs() {
 		fmt.Println(a)
 	}
 	var sig os.Signal
 	for sig == nil {
 		select {
-		case sig = <-sigs:
 		case <-hups:
-			if err := d.ReloadCertificate(); err != nil {
-				log.Error("TLS certificate not reloaded; serving the previous one", "err", err)
-			}
+			// Reload logs what it did, or why it refused the file.
+			_, _ = d.Reload()
+		case sig = <-sigs:
 		}
 	}
-	log.Info("signal received; draining", "signal", sig, "drain_timeout", cfg.DrainTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	drain := d.Config().DrainTimeout // a reload may have changed it
+	log.Info("signal received; draining", "signal", sig, "drain_timeout", drain)
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	go func() {
 		select {

@@ -217,10 +217,12 @@ func (a *Allow) UnmarshalYAML(n *yaml.Node) error {
 // replace cfg's values, the others keep them. Unknown keys are errors, so a
 // typo does not pass silently. Every error is one line naming the file.
 func LoadFile(path string, cfg *Config) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config file %s: %w", path, bareErr(err))
-	}
+	_, err := LoadFileSum(path, cfg)
+	return err
+}
+
+// decodeFile decodes data, the bytes of the file at path, over cfg.
+func decodeFile(path string, data []byte, cfg *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	before := []string{cfg.Identity, cfg.TLSCert, cfg.TLSKey}

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -40,6 +41,14 @@ type Daemon struct {
 	addrs []ma.Multiaddr
 	admin *admin.Server  // nil when off
 	tls   *certfile.Pair // nil without a certificate
+	// gater applies the dial policy in force to every dial of the host.
+	gater *gater
+
+	// reloadMu makes reloads one at a time; mu guards what they change.
+	reloadMu sync.Mutex
+	mu       sync.Mutex
+	src      Source
+	loaded   admin.ConfigInfo
 
 	closeOnce sync.Once
 }
@@ -73,7 +82,8 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity file %s: %w", cfg.Identity, err)
 	}
-	hostOpts := append(metrics.Libp2pOptions(reg), cfg.Outbound.hostOptions()...)
+	gaterOpts, g := cfg.Outbound.hostOptions()
+	hostOpts := append(metrics.Libp2pOptions(reg), gaterOpts...)
 	nc := node.Config{Key: key, Listen: p.listen, LinkPeers: p.backends, Options: hostOpts,
 		ConnsPerIP: cfg.ConnsPerIP, ProxyNetworks: p.proxies, Limits: cfg.Host, Log: log, Registerer: reg}
 	if p.tls != nil {
@@ -84,9 +94,12 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d.tls = p.tls
+	d.gater = g
+	d.loaded.LoadedAt = time.Now()
 	if cfg.AdminEnabled() {
 		d.admin = &admin.Server{Addr: cfg.Admin, Public: cfg.AdminPublic, Log: log,
-			Handler: &admin.Handler{Balancer: d.lb, Host: d.host, Gatherer: reg, Events: events, Token: p.adminToken, Log: log}}
+			Handler: &admin.Handler{Balancer: d.lb, Host: d.host, Gatherer: reg, Events: events, Token: p.adminToken, Log: log,
+				Config: d.configInfo, Reload: func(context.Context) (*admin.ReloadResult, error) { return d.Reload() }}}
 		if err := d.admin.Start(); err != nil {
 			d.lb.Close()
 			d.host.Close()

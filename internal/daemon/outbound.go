@@ -30,7 +30,9 @@ func (o Outbound) balancerOptions() []balancer.Option {
 }
 
 // hostOptions gives the host the gater that applies the policy to every
-// address it dials, those learned from identify and DNS included.
-func (o Outbound) hostOptions() []libp2p.Option {
-	return []libp2p.Option{libp2p.ConnectionGater(&balancer.DialGater{Policy: o.DialPolicy})}
+// address it dials, those learned from identify and DNS included, and the
+// gater, whose policy Reload replaces.
+func (o Outbound) hostOptions() ([]libp2p.Option, *gater) {
+	g := newGater(o.DialPolicy)
+	return []libp2p.Option{libp2p.ConnectionGater(g)}, g
 }

@@ -40,6 +40,23 @@ func New(format, level string, w io.Writer) (*slog.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newLogger(format, lvl, w)
+}
+
+// NewVar is New with a level that can change while the logger is in use
+// (a daemon's reload sets it); the level is level's initial value.
+func NewVar(format, level string, w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
+	lvl, err := ParseLevel(level)
+	if err != nil {
+		return nil, nil, err
+	}
+	v := new(slog.LevelVar)
+	v.Set(lvl)
+	l, err := newLogger(format, v, w)
+	return l, v, err
+}
+
+func newLogger(format string, lvl slog.Leveler, w io.Writer) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: redact}
 	switch strings.ToLower(format) {
 	case "", "text":
