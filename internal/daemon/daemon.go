@@ -132,7 +132,7 @@ func (d *Daemon) ReloadCertificate() error {
 	if err := d.tls.Reload(); err != nil {
 		return err
 	}
-	d.log.Info("TLS certificate reloaded", "cert", d.cfg.TLSCert, "subject", d.tls.Leaf().Subject.String(), "not_after", d.tls.NotAfter())
+	d.log.Info("TLS certificate reloaded", "cert", d.Config().TLSCert, "subject", d.tls.Leaf().Subject.String(), "not_after", d.tls.NotAfter())
 	return nil
 }
 
