@@ -177,7 +177,7 @@ func (d *Daemon) logStarted(backends int) {
 	}
 	if len(cfg.Allow) == 0 {
 		d.log.Warn("no backend is allowed to register, so nothing is routed yet",
-			"how", "get a backend's peer ID with `balancer id --identity backend.key`, then restart with --allow PEER_ID (or PEER_ID=/proto/1.0.0,/other/*), or list it under allow: in the --config file")
+			"how", "get a backend's peer ID with `balancer id --identity backend.key`, then restart with --allow PEER_ID (or PEER_ID=/proto/1.0.0,/other/*), or list it under allow: in the --config file and send SIGHUP")
 	}
 }
 

@@ -119,10 +119,45 @@ func (d *Daemon) reload(src Source, old Config) (*admin.ReloadResult, error) {
 	d.loaded = admin.ConfigInfo{File: src.File, SHA256: sum, LoadedAt: time.Now(), NeedsRestart: restart}
 	d.mu.Unlock()
 	d.log.Info("configuration reloaded", "file", src.File, "sha256", short(sum), "changed", changed)
+	d.logAllowChanges(old.Allow, inForce.Allow)
 	if len(restart) > 0 {
 		d.log.Warn("changed settings need a restart; their values in force are unchanged", "settings", restart)
 	}
 	return &admin.ReloadResult{OK: true, Changed: changed, NeedsRestart: restart, Config: *d.configInfo()}, nil
+}
+
+// logAllowChanges logs each backend a reload allowed, changed or withdrew.
+// go-libp2p's resource manager keeps the limits it was built with, so a
+// backend allowed now has the default per-peer limits, not the raised ones
+// (node.Config.LinkPeers), until a restart: that is said, not left silent.
+func (d *Daemon) logAllowChanges(old, now []Allow) {
+	grants := func(list []Allow) map[string]string {
+		m := map[string]string{}
+		for _, a := range list {
+			m[a.Peer] += allowed(a.Protocols)
+		}
+		return m
+	}
+	before, after := grants(old), grants(now)
+	var added []string
+	for _, a := range now {
+		was, ok := before[a.Peer]
+		switch {
+		case !ok:
+			added = append(added, a.Peer)
+			d.log.Info("backend allowed", "peer", a.Peer, "protocols", allowed(a.Protocols))
+		case was != after[a.Peer]:
+			d.log.Info("backend's grant changed", "peer", a.Peer, "protocols", allowed(a.Protocols))
+		}
+	}
+	for _, a := range old {
+		if _, ok := after[a.Peer]; !ok {
+			d.log.Info("backend no longer allowed; its routes are removed, its streams in flight go on", "peer", a.Peer)
+		}
+	}
+	if len(added) > 0 {
+		d.log.Warn("backends allowed by a reload keep go-libp2p's default per-peer resource limits until a restart", "peers", added)
+	}
 }
 
 // diff lists the keys whose values differ between old and cfg: those
