@@ -15,12 +15,14 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -151,5 +153,85 @@ func TestReload(t *testing.T) {
 	}
 	if rs := d.Balancer().Routes(); len(rs) != 0 {
 		t.Fatalf("routes left after the withdrawal: %v", rs)
+	}
+}
+
+// TestReloadDialPolicy: turning outbound.dial_loopback on by a reload
+// reaches the host's dial gater, which judges the addresses the balancer
+// learned from identify.
+func TestReloadDialPolicy(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "lb.yaml")
+	aKey, _, _ := crypto.GenerateEd25519Key(nil)
+	aID, _ := peer.IDFromPrivateKey(aKey)
+	write := func(body string) {
+		t.Helper()
+		data := "identity: lb.key\nadmin: off\nlisten: [/ip4/127.0.0.1/tcp/0]\nallow: [\"" + aID.String() + "\"]\n" + body
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := daemon.Source{File: path, Load: func() (daemon.Config, string, error) {
+		cfg := daemon.DefaultConfig()
+		sum, err := daemon.LoadFileSum(path, &cfg)
+		return cfg, sum, err
+	}}
+	write("")
+	cfg, sum, err := src.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := daemon.Start(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	d.SetSource(src, sum)
+	newHost := func(key crypto.PrivKey) host.Host {
+		if key == nil {
+			key, _, _ = crypto.GenerateEd25519Key(nil)
+		}
+		h, err := node.New(node.Config{Key: key, Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}, LinkPeers: []peer.ID{d.ID()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		if err := h.Connect(context.Background(), peer.AddrInfo{ID: d.ID(), Addrs: d.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a, e := newHost(aKey), newHost(nil)
+	e.SetStreamHandler("/e", func(s network.Stream) { s.Close() })
+	testnet.Eventually(t, 10*time.Second, func() bool {
+		p, _ := d.Host().Peerstore().GetProtocols(e.ID())
+		return len(p) > 0
+	}, "identify of E")
+	_ = e.Network().ClosePeer(d.ID())
+	testnet.Eventually(t, 10*time.Second, func() bool { return d.Host().Network().Connectedness(e.ID()) != network.Connected }, "E gone")
+	outbound := func() *pb.ForwardResponse {
+		t.Helper()
+		s, err := a.NewStream(context.Background(), d.ID(), wire.ForwardID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Reset()
+		_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+		_ = wire.WriteMsg(s, &pb.Forward{Peer: []byte(e.ID()), Protocols: []string{"/e"}})
+		var resp pb.ForwardResponse
+		if err := wire.NewReader(s).ReadMsg(&resp); err != nil {
+			t.Fatal(err)
+		}
+		return &resp
+	}
+	if resp := outbound(); resp.Status != pb.Status_DIAL_FAILED {
+		t.Fatalf("before the reload: %v %q, want DIAL_FAILED", resp.Status, resp.Text)
+	}
+	write("outbound: {dial_loopback: true}\n")
+	if res, err := d.Reload(); err != nil || !slices.Equal(res.Changed, []string{"outbound"}) {
+		t.Fatalf("reload: %+v, %v", res, err)
+	}
+	if resp := outbound(); resp.Status != pb.Status_OK {
+		t.Fatalf("after dial_loopback was turned on: %v %q, want OK", resp.Status, resp.Text)
 	}
 }
