@@ -154,3 +154,27 @@ func TestUpdateLimits(t *testing.T) {
 	}
 	s.Close()
 }
+
+// TestUpdateStartsProbing: a Balancer started with probing off starts it
+// when Update sets an interval, and disconnects a silent backend.
+func TestUpdateStartsProbing(t *testing.T) {
+	a := newIdentity(t)
+	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithProbeInterval(0))
+	ah := rawBackend(t, f, a)
+	const proto protocol.ID = "/test/probed"
+	if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+		t.Fatalf("register: %v", resp)
+	}
+	d := f.newPeer()
+	waitServed(t, d, f.host.ID(), true, proto)
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	ah.SetStreamHandler("/ipfs/ping/1.0.0", func(s network.Stream) { <-hold; s.Reset() })
+	if err := f.lb.Update(balancer.WithAllow(a.id), balancer.WithProbeInterval(300*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, d, f.host.ID(), false, proto)
+	if routes := f.lb.Routes(); len(routes) != 1 || routes[0].Connected {
+		t.Fatalf("routes after the probe: %+v, want one, suspended", routes)
+	}
+}
