@@ -37,7 +37,7 @@ drain timeout and log level, without cutting a stream. A backend no longer
 allowed loses its routes; its streams in flight finish. An invalid file
 changes nothing, and the log names the culprit in one line. Settings that
 cannot change live (identity, listen and admin addresses, certificate file
-names, per-IP connection limits, log format) are logged as needing a
+names, host and connection limits, log format) are logged as needing a
 restart and keep their values.
 
 Settings come from --config (YAML; see balancer.example.yaml), then from the

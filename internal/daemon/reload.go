@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -163,11 +164,10 @@ func (d *Daemon) logAllowChanges(old, now []Allow) {
 // diff lists the keys whose values differ between old and cfg: those
 // applied live, and those that need a restart.
 func diff(old, cfg Config, levelLive bool) (changed, restart []string) {
-	changed, restart = []string{}, nil
-	ov, nv := reflect.ValueOf(old), reflect.ValueOf(cfg)
-	for i := range ov.NumField() {
-		k := yamlKey(ov.Type().Field(i))
-		if reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+	changed = []string{}
+	nv := keyed(reflect.ValueOf(&cfg).Elem())
+	for k, ov := range keyed(reflect.ValueOf(&old).Elem()) {
+		if reflect.DeepEqual(ov.Interface(), nv[k].Interface()) {
 			continue
 		}
 		if liveKeys[k] && (k != "log_level" || levelLive) {
@@ -176,25 +176,34 @@ func diff(old, cfg Config, levelLive bool) (changed, restart []string) {
 			restart = append(restart, k)
 		}
 	}
+	slices.Sort(changed)
+	slices.Sort(restart)
 	return changed, restart
 }
 
-// copyKey sets the field of dst whose key is k to its value in src.
+// copyKey sets the setting of dst whose key is k to its value in src.
 func copyKey(dst *Config, src Config, k string) {
-	dv, sv := reflect.ValueOf(dst).Elem(), reflect.ValueOf(src)
-	for i := range dv.NumField() {
-		if yamlKey(dv.Type().Field(i)) == k {
-			dv.Field(i).Set(sv.Field(i))
-		}
-	}
+	keyed(reflect.ValueOf(dst).Elem())[k].Set(keyed(reflect.ValueOf(&src).Elem())[k])
 }
 
-func yamlKey(f reflect.StructField) string {
-	k, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-	if k == "" {
-		k = strings.ToLower(f.Name)
+// keyed maps each top-level key of the configuration file to its field in
+// v, a Config: the fields of an inline struct (node.Limits) are keys of
+// their own.
+func keyed(v reflect.Value) map[string]reflect.Value {
+	out := map[string]reflect.Value{}
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opts == "inline" && f.Type.Kind() == reflect.Struct {
+			maps.Copy(out, keyed(v.Field(i)))
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = v.Field(i)
 	}
-	return k
+	return out
 }
 
 // configInfo says which configuration is in force.

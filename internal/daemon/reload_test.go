@@ -97,12 +97,13 @@ func TestReload(t *testing.T) {
 		t.Fatalf("before it is allowed: %v", st)
 	}
 
-	sum2 := write("listen: [/ip4/127.0.0.1/tcp/1]\nlog_level: debug\nallow: [\"" + aID.String() + "=/a/*\"]\n")
+	sum2 := write("listen: [/ip4/127.0.0.1/tcp/1]\nlog_level: debug\nallow: [\"" + aID.String() + "=/a/*\"]\n" +
+		"connection_manager: {low_water: 50, high_water: 60}\n")
 	res, err := d.Reload()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(res.Changed, []string{"allow", "log_level"}) || !slices.Equal(res.NeedsRestart, []string{"listen"}) {
+	if !slices.Equal(res.Changed, []string{"allow", "log_level"}) || !slices.Equal(res.NeedsRestart, []string{"connection_manager", "listen"}) {
 		t.Fatalf("changed %v, needs a restart %v", res.Changed, res.NeedsRestart)
 	}
 	if level.Level() != slog.LevelDebug {
@@ -118,7 +119,7 @@ func TestReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := st.Config; c == nil || c.File != path || c.SHA256 != sum2 || !slices.Equal(c.NeedsRestart, []string{"listen"}) || time.Since(c.LoadedAt) > time.Minute {
+	if c := st.Config; c == nil || c.File != path || c.SHA256 != sum2 || !slices.Equal(c.NeedsRestart, []string{"connection_manager", "listen"}) || time.Since(c.LoadedAt) > time.Minute {
 		t.Fatalf("status config %+v, want %s %s", st.Config, path, sum2)
 	}
 
