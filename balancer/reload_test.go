@@ -14,6 +14,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
 
@@ -30,19 +31,19 @@ func streamingEcho(s network.Stream) {
 // goes on, lets a newly allowed backend register at once, narrows a grant to
 // the routes it still covers, and changes nothing when an option is bad.
 func TestUpdate(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr testnet.Transport) {
-		a, b := newIdentity(t), newIdentity(t)
-		f := newFixture(t, tr, []identity{a})
-		lbID := f.host.ID()
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{a})
+		lbID := f.Host.ID()
 		const svc = protocol.ID("/svc/1.0.0")
-		ab, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{svc: streamingEcho})
-		waitRegistered(t, ab, svc)
-		client := f.newPeer()
-		waitServed(t, client, lbID, true, svc)
+		ab, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{svc: streamingEcho})
+		lbtest.WaitRegistered(t, ab, svc)
+		client := f.NewPeer()
+		lbtest.WaitServed(t, client, lbID, true, svc)
 
-		bh := testnet.NewHost(t, tr, testnet.Options{Key: b.key, LinkPeers: []peer.ID{lbID}})
-		testnet.Connect(t, bh, f.host)
-		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+		bh := testnet.NewHost(t, tr, testnet.Options{Key: b.Key, LinkPeers: []peer.ID{lbID}})
+		testnet.Connect(t, bh, f.Host)
+		if resp := lbtest.RawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/x"}}); resp.Status != pb.Status_PERMISSION_DENIED {
 			t.Fatalf("b before it is allowed: %v", resp)
 		}
 
@@ -66,35 +67,35 @@ func TestUpdate(t *testing.T) {
 		echoed("before the update")
 
 		// a's permission withdrawn, b's granted.
-		if err := f.lb.Update(balancer.WithAllow(b.id)); err != nil {
+		if err := f.LB.Update(balancer.WithAllow(b.ID)); err != nil {
 			t.Fatal(err)
 		}
-		waitServed(t, client, lbID, false, svc)
+		lbtest.WaitServed(t, client, lbID, false, svc)
 		echoed("after the update")
-		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/x", "/svc/1.0.0"}}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/x", "/svc/1.0.0"}}); resp.Status != pb.Status_OK {
 			t.Fatalf("b once allowed: %v", resp)
 		}
-		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.key})
-		testnet.Connect(t, ah, f.host)
-		if resp := rawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/svc/1.0.0"}}); resp.Status != pb.Status_PERMISSION_DENIED {
+		ah := testnet.NewHost(t, tr, testnet.Options{Key: a.Key})
+		testnet.Connect(t, ah, f.Host)
+		if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: []string{"/svc/1.0.0"}}); resp.Status != pb.Status_PERMISSION_DENIED {
 			t.Fatalf("a once withdrawn: %v", resp)
 		}
 
 		// A narrower grant keeps only the routes it covers.
-		if err := f.lb.Update(balancer.WithAllow(b.id, "/keep/*")); err != nil {
+		if err := f.LB.Update(balancer.WithAllow(b.ID, "/keep/*")); err != nil {
 			t.Fatal(err)
 		}
-		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{}); !slices.Equal(resp.Protocols, []string{"/keep/x"}) {
+		if resp := lbtest.RawRequest(t, bh, lbID, &pb.RoutingRequest{}); !slices.Equal(resp.Protocols, []string{"/keep/x"}) {
 			t.Fatalf("b's routes under the narrower grant: %v", resp.Protocols)
 		}
-		waitServed(t, client, lbID, false, svc)
+		lbtest.WaitServed(t, client, lbID, false, svc)
 
 		// A bad option is refused whole: b keeps its grant.
 		var oe *balancer.OptionError
-		if err := f.lb.Update(balancer.WithProbeInterval(-time.Second)); !errors.As(err, &oe) || oe.Setting != "probe interval" {
+		if err := f.LB.Update(balancer.WithProbeInterval(-time.Second)); !errors.As(err, &oe) || oe.Setting != "probe interval" {
 			t.Fatalf("bad update: %v", err)
 		}
-		if resp := rawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/y"}}); resp.Status != pb.Status_OK {
+		if resp := lbtest.RawRequest(t, bh, lbID, &pb.RoutingRequest{Protocols: []string{"/keep/y"}}); resp.Status != pb.Status_OK {
 			t.Fatalf("b after a refused update: %v", resp)
 		}
 
@@ -111,14 +112,14 @@ func TestUpdate(t *testing.T) {
 // TestUpdateLimits: new limits judge the next stream, and the streams
 // already admitted keep going.
 func TestUpdateLimits(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a})
-	lbID := f.host.ID()
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
+	lbID := f.Host.ID()
 	const svc = protocol.ID("/svc/1.0.0")
-	ab, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{svc: streamingEcho})
-	waitRegistered(t, ab, svc)
-	client := f.newPeer()
-	waitServed(t, client, lbID, true, svc)
+	ab, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{svc: streamingEcho})
+	lbtest.WaitRegistered(t, ab, svc)
+	client := f.NewPeer()
+	lbtest.WaitServed(t, client, lbID, true, svc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	open := func() (network.Stream, error) {
@@ -137,15 +138,15 @@ func TestUpdateLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.lb.Update(balancer.WithAllow(a.id), balancer.WithLimits(balancer.Limits{Streams: 1})); err != nil {
+	if err := f.LB.Update(balancer.WithAllow(a.ID), balancer.WithLimits(balancer.Limits{Streams: 1})); err != nil {
 		t.Fatal(err)
 	}
 	if s, err := open(); err == nil {
 		s.Reset()
 		t.Fatal("a second stream passed a balancer-wide limit of 1")
 	}
-	roundTrip(t, held, []byte("the held stream goes on"))
-	if err := f.lb.Update(balancer.WithAllow(a.id)); err != nil {
+	testnet.CheckRoundTrip(t, held, []byte("the held stream goes on"))
+	if err := f.LB.Update(balancer.WithAllow(a.ID)); err != nil {
 		t.Fatal(err)
 	}
 	s, err := open()
@@ -158,23 +159,23 @@ func TestUpdateLimits(t *testing.T) {
 // TestUpdateStartsProbing: a Balancer started with probing off starts it
 // when Update sets an interval, and disconnects a silent backend.
 func TestUpdateStartsProbing(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, testnet.TCP, []identity{a}, balancer.WithProbeInterval(0))
+	a := lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithProbeInterval(0))
 	ah := rawBackend(t, f, a)
 	const proto protocol.ID = "/test/probed"
-	if resp := rawRequest(t, ah, f.host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
 		t.Fatalf("register: %v", resp)
 	}
-	d := f.newPeer()
-	waitServed(t, d, f.host.ID(), true, proto)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
 	hold := make(chan struct{})
 	t.Cleanup(func() { close(hold) })
 	ah.SetStreamHandler("/ipfs/ping/1.0.0", func(s network.Stream) { <-hold; s.Reset() })
-	if err := f.lb.Update(balancer.WithAllow(a.id), balancer.WithProbeInterval(300*time.Millisecond)); err != nil {
+	if err := f.LB.Update(balancer.WithAllow(a.ID), balancer.WithProbeInterval(300*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	waitServed(t, d, f.host.ID(), false, proto)
-	if routes := f.lb.Routes(); len(routes) != 1 || routes[0].Connected {
+	lbtest.WaitServed(t, d, f.Host.ID(), false, proto)
+	if routes := f.LB.Routes(); len(routes) != 1 || routes[0].Connected {
 		t.Fatalf("routes after the probe: %+v, want one, suspended", routes)
 	}
 }

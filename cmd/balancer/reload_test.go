@@ -33,35 +33,35 @@ func TestServeReloadOnSIGHUP(t *testing.T) {
 	onlyB := "allow: [\"" + bID.String() + "=/keep/*\"]\n"
 	write(onlyB)
 	lb, lbAddr := serve(t, "lb", "--config", path)
-	reloads := func() int { return strings.Count(lb.stderr.String(), "configuration reloaded") }
+	reloads := func() int { return lb.CountErr("configuration reloaded") }
 	hup := func(want int) {
 		t.Helper()
-		lb.signal(t, syscall.SIGHUP)
+		lb.Signal(t, syscall.SIGHUP)
 		testnet.Eventually(t, 20*time.Second, func() bool { return reloads() == want }, "reload %d logged", want)
 	}
 
-	svc := startEcho(t, false)
-	start(t, "sidecar-b", procOpts{}, "backend", "--identity", bKey, "--balancer", lbAddr, "--route", "/keep/1.0.0="+svc.addr)
+	svc := testnet.StartTCPEcho(t, false)
+	start(t, "sidecar-b", proctest.Options{}, "backend", "--identity", bKey, "--balancer", lbAddr, "--route", "/keep/1.0.0="+svc.Addr)
 	waitRoute(t, lbAddr, "/keep/1.0.0", "probe", "probe")
-	long := start(t, "dial-long", procOpts{pipe: true}, "dial", lbAddr, "/keep/1.0.0")
+	long := start(t, "dial-long", proctest.Options{Pipe: true}, "dial", lbAddr, "/keep/1.0.0")
 	var sent strings.Builder
 	send := func(line string) {
 		t.Helper()
 		sent.WriteString(line)
-		io.WriteString(long.stdin, line)
-		long.waitOutput(t, sent.String(), 20*time.Second)
+		io.WriteString(long.Stdin, line)
+		long.WaitOutput(t, sent.String(), 20*time.Second)
 	}
 	send("before any reload\n")
 
 	// a is refused until the file allows it.
-	start(t, "sidecar-a", procOpts{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/reload/1.0.0="+svc.addr)
+	start(t, "sidecar-a", proctest.Options{}, "backend", "--identity", aKey, "--balancer", lbAddr, "--route", "/reload/1.0.0="+svc.Addr)
 	testnet.Eventually(t, 20*time.Second, func() bool {
-		return hasLine(lb.stderr.String(), "registration refused", "peer="+aID.String())
+		return hasLine(lb.Stderr.String(), "registration refused", "peer="+aID.String())
 	}, "a's registration refused")
 	write(onlyB + "allow_more: yes\n")
-	lb.signal(t, syscall.SIGHUP)
-	testnet.Eventually(t, 20*time.Second, func() bool { return strings.Contains(lb.stderr.String(), "reload refused") }, "the invalid file refused")
-	for _, l := range strings.Split(lb.stderr.String(), "\n") {
+	lb.Signal(t, syscall.SIGHUP)
+	testnet.Eventually(t, 20*time.Second, func() bool { return strings.Contains(lb.Stderr.String(), "reload refused") }, "the invalid file refused")
+	for _, l := range strings.Split(lb.Stderr.String(), "\n") {
 		if strings.Contains(l, "reload refused") && !strings.Contains(l, "allow_more") {
 			t.Fatalf("the refusal does not name the culprit: %s", l)
 		}
@@ -78,15 +78,15 @@ func TestServeReloadOnSIGHUP(t *testing.T) {
 		hup(i)
 		send(fmt.Sprintf("after reload %d\n", i))
 	}
-	if res := dialOnce(t, "still routed", "--timeout", "5s", lbAddr, "/reload/1.0.0"); res.code != 0 || res.stdout != "still routed" {
-		t.Fatalf("a new stream after five reloads: exit %d, %q, %q", res.code, res.stdout, res.stderr)
+	if res := dialOnce(t, "still routed", "--timeout", "5s", lbAddr, "/reload/1.0.0"); res.Code != 0 || res.Stdout != "still routed" {
+		t.Fatalf("a new stream after five reloads: exit %d, %q, %q", res.Code, res.Stdout, res.Stderr)
 	}
-	long.stdin.Close()
-	if code := long.wait(t, 20*time.Second); code != 0 || long.stdout.String() != sent.String() {
-		t.Fatalf("the stream across five reloads: exit %d, got %q, want %q", code, long.stdout.String(), sent.String())
+	long.Stdin.Close()
+	if code := long.Wait(t, 20*time.Second); code != 0 || long.Stdout.String() != sent.String() {
+		t.Fatalf("the stream across five reloads: exit %d, got %q, want %q", code, long.Stdout.String(), sent.String())
 	}
-	if strings.Contains(lb.stderr.String(), "needs a restart") || strings.Contains(lb.stderr.String(), "need a restart") {
-		t.Fatalf("a live change reported as needing a restart:\n%s", lb.stderr.String())
+	if strings.Contains(lb.Stderr.String(), "needs a restart") || strings.Contains(lb.Stderr.String(), "need a restart") {
+		t.Fatalf("a live change reported as needing a restart:\n%s", lb.Stderr.String())
 	}
 }
 
