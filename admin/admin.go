@@ -343,6 +343,7 @@ func (s *snapshot) backendList() BackendList {
 			Outbound:  b.Outbound,
 			BytesTo:   b.BytesTo,
 			BytesFrom: b.BytesFrom,
+			LinkFull:  b.LinkFull,
 			Protocols: protos[id],
 		}
 		if be.Protocols == nil {

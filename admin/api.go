@@ -94,6 +94,9 @@ type Backend struct {
 	BytesFrom int64 `json:"bytes_from"`
 	// Protocols lists its routes.
 	Protocols []string `json:"protocols"`
+	// LinkFull counts the streams it could not be offered because its QUIC
+	// connections were all at their 256-stream cap and it opened no lane.
+	LinkFull int64 `json:"link_full"`
 }
 
 // EventList is the answer of /api/events: recent refusals and ejections,

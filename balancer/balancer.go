@@ -51,7 +51,8 @@ type Balancer struct {
 	// active holds the forwarded streams in flight: Shutdown waits for
 	// them, Close refuses new ones and resets them.
 	active pipe.Group
-	// opener spreads forward streams over a backend's connections.
+	// opener spreads forward streams over a backend's connections, and
+	// gives up after LaneWait when they are all at QUIC's cap.
 	opener link.Opener
 	// admission enforces the balancer-wide and per-remote-peer limits.
 	admission admission
@@ -108,6 +109,7 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 	b.refusals = logging.NewSummary(b.log, logging.SummaryInterval)
 	b.current.Store(&cfg)
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
+	b.opener.FullWait = LaneWait
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/link"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
 
@@ -66,6 +67,9 @@ func outcomeOf(err error) outcome {
 	switch {
 	case err == nil:
 		return accepted
+	case errors.Is(err, link.ErrFull):
+		// A backend at its link's capacity is busy, not sick.
+		return refused
 	case errors.As(err, &se):
 		return refused
 	default:

@@ -2,12 +2,14 @@ package balancer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/link"
 	"github.com/libp2p-balancer/libp2p-balancer/pipe"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
@@ -71,6 +73,16 @@ func (b *Balancer) handleInbound(s network.Stream) {
 	s.Reset()
 }
 
+// LaneWait is how long an inbound stream waits for room when every
+// connection to a backend is at QUIC's cap of 256 streams before it goes to
+// the next backend (a new lane during the wait starts it again): enough for
+// a backend that opens lanes to bring one up, even on a loaded machine,
+// short of the handshake timeout that the stream would otherwise spend. The
+// first such stream per backend is logged, and each is counted
+// (BackendInfo.LinkFull); nothing was read from the remote peer, so no byte
+// is lost.
+const LaneWait = 2 * time.Second
+
 // offer opens a forward stream to backend be and runs the inbound handshake
 // on it, bounded by the handshake timeout. It returns the stream once the
 // backend has answered OK.
@@ -82,6 +94,10 @@ func (b *Balancer) offer(be *backendState, fwd *pb.Forward) (network.Stream, err
 	ctx, cancel := context.WithTimeout(b.ctx, b.settings().handshakeTimeout)
 	defer cancel()
 	bs, err := b.opener.Open(ctx, func() []network.Conn { return b.h.Network().ConnsToPeer(be.id) }, wire.ForwardID)
+	if errors.Is(err, link.ErrFull) && be.linkFull.Add(1) == 1 {
+		b.log.Warn("backend's QUIC link is full and it opened no lane: it takes at most 256 streams per QUIC connection; streams past that go to other backends or are refused",
+			"backend", be.id, "how", "open lanes (the backend library does), or connect the backend over TCP; see docs/spec.md, Stream capacity and lanes")
+	}
 	if err != nil {
 		return nil, err
 	}

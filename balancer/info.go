@@ -30,6 +30,10 @@ type BackendInfo struct {
 	BytesTo      int64     // bytes forwarded to it so far
 	BytesFrom    int64     // bytes forwarded from it so far
 	Routes       int
+	// LinkFull counts the inbound streams this backend could not be
+	// offered because every connection to it was at QUIC's 256-stream cap
+	// and it opened no lane (docs/spec.md, "Stream capacity and lanes").
+	LinkFull int64
 }
 
 // Routes returns every route, sorted by protocol, then backend.
@@ -79,6 +83,7 @@ func (b *Balancer) Backends() []BackendInfo {
 			info.Outbound = be.outbound.Load()
 			info.BytesTo = be.bytesTo.Load()
 			info.BytesFrom = be.bytesFrom.Load()
+			info.LinkFull = be.linkFull.Load()
 			info.Routes = len(be.routes)
 		}
 		out = append(out, info)

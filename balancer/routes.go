@@ -31,7 +31,10 @@ type backendState struct {
 	// bytesTo and bytesFrom count bytes forwarded to and from this
 	// backend, both directions of stream.
 	bytesTo, bytesFrom atomic.Int64
-	health             healthState
+	// linkFull counts the streams that found every connection to this
+	// backend at its QUIC cap; the first one is logged.
+	linkFull atomic.Int64
+	health   healthState
 }
 
 // route is one protocol routed to one backend.

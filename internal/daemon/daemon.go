@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
@@ -118,6 +119,17 @@ func Start(cfg Config, log *slog.Logger) (*Daemon, error) {
 		log.Info("serving a TLS certificate", "cert", cfg.TLSCert, "subject", p.tls.Leaf().Subject.String(), "not_after", p.tls.NotAfter())
 	}
 	d.logCapacity(p.backends)
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "libp2p_balancer",
+		Name:      "link_full_total",
+		Help:      "Inbound streams a backend could not be offered because its QUIC connections were all at their 256-stream cap and it opened no lane (see balancer.BackendInfo.LinkFull).",
+	}, func() float64 {
+		var n int64
+		for _, b := range d.lb.Backends() {
+			n += b.LinkFull
+		}
+		return float64(n)
+	}))
 	return d, nil
 }
 

@@ -107,9 +107,24 @@ func pick(conns []network.Conn, pending map[network.Conn]int) network.Conn {
 // GetStreams only once NewStream returns) and pile onto it past its cap.
 // The zero value is ready to use; share one Opener per side.
 type Opener struct {
+	// FullWait bounds the wait for room while every connection is at its
+	// cap; Open then fails with ErrFull. A new connection (a lane) during
+	// the wait starts it again, since a backend growing lanes under a
+	// burst brings them up one after the other. 0 waits as long as the
+	// context allows. The balancer waits briefly: a backend that opens lanes has a
+	// new one up within a round trip or two, and one that does not would
+	// otherwise hold every stream past its cap for the whole handshake
+	// timeout before it could fail over.
+	FullWait time.Duration
+
 	mu      sync.Mutex
 	pending map[network.Conn]int
 }
+
+// ErrFull is returned by Open when every connection to the peer stayed at
+// its stream cap (QUIC's 256) for the Opener's FullWait: the peer opened no
+// lane (see package backend) and no stream ended.
+var ErrFull = errors.New("every connection to the peer is at its QUIC stream cap (256) and it opened no lane")
 
 // errNoConn is returned by Open when there is no connection to the peer at
 // all: waiting would not help, since backends dial the balancer, not the
@@ -118,9 +133,12 @@ var errNoConn = errors.New("no connection to the peer")
 
 // Open opens a stream for proto on the connection among conns() with the
 // most room, waiting while every connection is at its cap (a backend opens a
-// new lane when its connections fill up) until ctx is done.
+// new lane when its connections fill up) until ctx is done, or for at most
+// FullWait, after which it returns ErrFull.
 func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto protocol.ID) (network.Stream, error) {
 	delay := time.Millisecond
+	var giveUp <-chan time.Time // set once every connection was full
+	seen := 0                   // connections when giveUp was set
 	for {
 		cs := conns()
 		if len(cs) == 0 {
@@ -144,11 +162,17 @@ func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto pr
 			o.mu.Unlock()
 			return s, err
 		}
+		if o.FullWait > 0 && (giveUp == nil || len(cs) > seen) {
+			giveUp, seen = time.After(o.FullWait), len(cs)
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, fmt.Errorf("every connection is at its stream cap: %w", ctx.Err())
+		case <-giveUp:
+			t.Stop()
+			return nil, ErrFull
 		case <-t.C:
 		}
 		delay = min(2*delay, 50*time.Millisecond)

@@ -1,0 +1,142 @@
+package balancer_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/libp2p-balancer/libp2p-balancer/backend"
+	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+)
+
+// TestQUICLinkFull: a backend over QUIC that opens no lane holds 256
+// forwarded streams; the 257th waits balancer.LaneWait, is counted
+// (BackendInfo.LinkFull), logged once for the backend, and goes to another
+// backend with every byte intact, or is refused when there is none.
+func TestQUICLinkFull(t *testing.T) {
+	const proto protocol.ID = "/test/full"
+	a, b := newIdentity(t), newIdentity(t)
+	var logs safeBuffer
+	f := newFixture(t, testnet.QUIC, []identity{a, b},
+		balancer.WithPolicy(string(proto), balancer.Policy{Strategy: balancer.RoundRobin}),
+		balancer.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	// Backend a answers the first byte of each stream at once, then holds
+	// the stream.
+	beA, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
+		one := make([]byte, 1)
+		if _, err := io.ReadFull(s, one); err == nil {
+			s.Write(one)
+		}
+		<-release
+		s.Reset()
+	}}, backend.WithLanes(false))
+	waitRegistered(t, beA, proto)
+
+	// 256 streams from 4 peers (the test hosts' resource manager takes
+	// about 75 inbound streams of one protocol from one peer).
+	peers := make([]host.Host, 5)
+	for i := range peers {
+		peers[i] = f.newPeer()
+		waitServed(t, peers[i], f.host.ID(), true, proto)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 256)
+	for i := 0; i < 256; i++ {
+		wg.Add(1)
+		go func(d host.Host) {
+			defer wg.Done()
+			s, err := d.NewStream(ctx, f.host.ID(), proto)
+			if err == nil {
+				_, err = s.Write([]byte{7})
+			}
+			if err == nil {
+				_, err = io.ReadFull(s, make([]byte, 1))
+			}
+			errs <- err
+		}(peers[i%4])
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("one of 256 streams to a QUIC backend: %v", err)
+		}
+	}
+
+	linkFull := func() int64 {
+		for _, bi := range f.lb.Backends() {
+			if bi.ID == a.id {
+				return bi.LinkFull
+			}
+		}
+		return -1
+	}
+	// No other backend: the 257th is refused after LaneWait.
+	start := time.Now()
+	s, err := peers[4].NewStream(ctx, f.host.ID(), proto)
+	if err == nil {
+		s.Write([]byte{7})
+		_, err = io.ReadFull(s, make([]byte, 1))
+	}
+	if err == nil {
+		t.Fatal("stream 257 to a full QUIC link with no lane was served")
+	}
+	if d := time.Since(start); d < balancer.LaneWait || d > balancer.DefaultHandshakeTimeout {
+		t.Errorf("stream 257 refused after %v, want LaneWait (%v)", d, balancer.LaneWait)
+	}
+	if n := linkFull(); n != 1 {
+		t.Errorf("LinkFull %d, want 1", n)
+	}
+
+	// With a second backend, streams that find a's link full fail over to
+	// it with no byte lost.
+	beB, _ := f.newBackend(b, map[protocol.ID]network.StreamHandler{proto: echo})
+	waitRegistered(t, beB, proto)
+	for i := 0; i < 4; i++ {
+		payload := []byte(fmt.Sprintf("stream %d after the link filled", i))
+		s, err := peers[4].NewStream(ctx, f.host.ID(), proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrip(t, s, payload)
+	}
+	if n := linkFull(); n < 2 {
+		t.Errorf("LinkFull %d after failovers, want at least 2 (round robin offers a first)", n)
+	}
+	if got := strings.Count(logs.String(), "QUIC link is full"); got != 1 {
+		t.Errorf("%d log lines about the full link, want 1:\n%s", got, logs.String())
+	}
+}
+
+// safeBuffer is a bytes.Buffer safe for the logger's goroutines.
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *safeBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *safeBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
