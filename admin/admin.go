@@ -374,6 +374,9 @@ func (h *Handler) status(s *snapshot) Status {
 	if h.Config != nil {
 		st.Config = h.Config()
 	}
+	if h.Host != nil {
+		st.Scopes = scopesOf(h.Host)
+	}
 	if err := h.ready(); err != nil {
 		st.NotReady = err.Error()
 	} else {

@@ -38,6 +38,10 @@ type Status struct {
 	// Config says which configuration is in force; absent when the
 	// Handler has no Config function (a library user's own setup).
 	Config *ConfigInfo `json:"config,omitempty"`
+	// Scopes are the host's resource manager limits in force and their
+	// current use: the system, the transient scope (handshakes in
+	// progress), the balancer protocol's service, and the busiest peers.
+	Scopes []Scope `json:"scopes,omitempty"`
 }
 
 // RouteList is the answer of /api/routes.

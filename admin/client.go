@@ -151,6 +151,12 @@ func printStatus(w io.Writer, st *Status, routes []Route, backends []Backend, ev
 		return err
 	}
 	fmt.Fprintln(w)
+	if len(st.Scopes) > 0 {
+		if err := printScopes(w, st.Scopes); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+	}
 	if err := printRoutes(w, routes); err != nil {
 		return err
 	}
