@@ -51,8 +51,9 @@ type Balancer struct {
 	// active holds the forwarded streams in flight: Shutdown waits for
 	// them, Close refuses new ones and resets them.
 	active pipe.Group
-	// opener spreads forward streams over a backend's connections, and
-	// gives up after LaneWait when they are all at QUIC's cap.
+	// opener spreads forward streams over a backend's connections; when
+	// they are all at QUIC's cap it waits, within the handshake timeout,
+	// for room or a lane, and then says so (link.ErrFull).
 	opener link.Opener
 	// admission enforces the balancer-wide and per-remote-peer limits.
 	admission admission
@@ -109,7 +110,6 @@ func New(h host.Host, opts ...Option) (*Balancer, error) {
 	b.refusals = logging.NewSummary(b.log, logging.SummaryInterval)
 	b.current.Store(&cfg)
 	b.admission = admission{limits: cfg.limits, peers: map[peer.ID]*peerUse{}}
-	b.opener.FullWait = LaneWait
 	for p := range cfg.acl {
 		h.ConnManager().Protect(p, "libp2p-balancer")
 	}

@@ -73,16 +73,6 @@ func (b *Balancer) handleInbound(s network.Stream) {
 	s.Reset()
 }
 
-// LaneWait is how long an inbound stream waits for room when every
-// connection to a backend is at QUIC's cap of 256 streams before it goes to
-// the next backend (a new lane during the wait starts it again): enough for
-// a backend that opens lanes to bring one up, even on a loaded machine,
-// short of the handshake timeout that the stream would otherwise spend. The
-// first such stream per backend is logged, and each is counted
-// (BackendInfo.LinkFull); nothing was read from the remote peer, so no byte
-// is lost.
-const LaneWait = 2 * time.Second
-
 // offer opens a forward stream to backend be and runs the inbound handshake
 // on it, bounded by the handshake timeout. It returns the stream once the
 // backend has answered OK.

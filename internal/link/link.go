@@ -111,10 +111,10 @@ type Opener struct {
 	// cap; Open then fails with ErrFull. A new connection (a lane) during
 	// the wait starts it again, since a backend growing lanes under a
 	// burst brings them up one after the other. 0 waits as long as the
-	// context allows. The balancer waits briefly: a backend that opens lanes has a
-	// new one up within a round trip or two, and one that does not would
-	// otherwise hold every stream past its cap for the whole handshake
-	// timeout before it could fail over.
+	// context allows, and then fails with ErrFull too. (The balancer
+	// waits for its whole handshake timeout: a shorter wait failed
+	// streams that a backend opening lanes on a loaded machine would have
+	// taken a moment later.)
 	FullWait time.Duration
 
 	mu      sync.Mutex
@@ -122,8 +122,9 @@ type Opener struct {
 }
 
 // ErrFull is returned by Open when every connection to the peer stayed at
-// its stream cap (QUIC's 256) for the Opener's FullWait: the peer opened no
-// lane (see package backend) and no stream ended.
+// its stream cap (QUIC's 256) for the Opener's FullWait, or until the
+// context ended: the peer opened no lane (see package backend) in time and
+// no stream ended.
 var ErrFull = errors.New("every connection to the peer is at its QUIC stream cap (256) and it opened no lane")
 
 // errNoConn is returned by Open when there is no connection to the peer at
@@ -169,7 +170,7 @@ func (o *Opener) Open(ctx context.Context, conns func() []network.Conn, proto pr
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("every connection is at its stream cap: %w", ctx.Err())
+			return nil, fmt.Errorf("%w: %w", ErrFull, ctx.Err())
 		case <-giveUp:
 			t.Stop()
 			return nil, ErrFull

@@ -6,6 +6,7 @@
 //
 //	remote --listen MULTIADDR --echo PROTO
 //	remote --watch MULTIADDR/p2p/ID --proto PROTO
+//	remote --lanes N --key FILE --to MULTIADDR/p2p/ID
 //
 // It prints one line per fact on standard output:
 //
@@ -15,6 +16,7 @@
 //	disconnected UNIXNANO         ... is not
 //	served UNIXNANO PROTO         the watched peer advertises PROTO
 //	unserved UNIXNANO PROTO       ... no longer does
+//	lanes N                       with --lanes: N connections were tried
 //
 // It runs until killed.
 package main
@@ -38,6 +40,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/keyfile"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
 )
 
@@ -62,7 +65,17 @@ func main() {
 	echo := flag.String("echo", "", "serve `PROTO` by echoing each stream")
 	watch := flag.String("watch", "", "connect to `MULTIADDR/p2p/ID` and report what its identify says")
 	proto := flag.String("proto", "", "with --watch: the `PROTO` to report on")
+	lanes := flag.Int("lanes", 0, "open `N` connections to --to, each from a host of its own with --key's identity, as a backend's QUIC lanes are")
+	key := flag.String("key", "", "with --lanes: the identity key `FILE`")
+	to := flag.String("to", "", "with --lanes: the `MULTIADDR/p2p/ID` to connect to")
 	flag.Parse()
+	if *lanes > 0 {
+		if err := runLanes(*lanes, *key, *to); err != nil {
+			fmt.Fprintln(os.Stderr, "remote:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(listen, protocol.ID(*echo), *watch, protocol.ID(*proto)); err != nil {
 		fmt.Fprintln(os.Stderr, "remote:", err)
 		os.Exit(1)
@@ -187,4 +200,34 @@ func watchPeer(h host.Host, target peer.AddrInfo, proto protocol.ID) error {
 		}
 	}
 	return nil
+}
+
+// runLanes connects n hosts with the identity in keyFile to the peer at to,
+// one after the other, as a backend opening QUIC lanes does from one IP
+// address, and holds them until killed. Which ones the other side kept is
+// for it to say: one that a per-IP limit refuses may complete its
+// handshake here before the other side closes it.
+func runLanes(n int, keyFile, to string) error {
+	k, _, err := keyfile.LoadOrCreate(keyFile)
+	if err != nil {
+		return err
+	}
+	target, err := node.ParseAddrInfo(to)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		h, err := node.New(node.Config{Key: k, LinkPeers: []peer.ID{target.ID}})
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := h.Connect(ctx, *target); err != nil {
+			say("lane %d failed: %v", i, err)
+		}
+		cancel()
+	}
+	say("lanes %d", n)
+	select {}
 }
