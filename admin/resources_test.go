@@ -13,31 +13,32 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // TestStatusScopes: /api/status and `balancer status` show the resource
 // manager's limits in force and their use: the system, the transient
 // scope, the balancer service, and the busiest peer first.
 func TestStatusScopes(t *testing.T) {
-	a := newIdentity(t)
-	f := newFixture(t, []identity{a}, "")
+	a := lbtest.NewIdentity(t)
+	f := newFixture(t, []lbtest.Identity{a}, "")
 	const proto protocol.ID = "/test/held"
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	be, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
 		s.Write([]byte{1})
 		<-release
 		s.Reset()
 	}})
 	_ = be
-	testnet.Eventually(t, 10*time.Second, func() bool { return len(f.lb.Routes()) == 1 }, "route registered")
-	busy, idle := f.newPeer(), f.newPeer()
+	testnet.Eventually(t, 10*time.Second, func() bool { return len(f.LB.Routes()) == 1 }, "route registered")
+	busy, idle := f.NewPeer(), f.NewPeer()
 	_ = idle
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const held = 3
 	for i := 0; i < held; i++ {
-		s, err := busy.NewStream(ctx, f.host.ID(), proto)
+		s, err := busy.NewStream(ctx, f.Host.ID(), proto)
 		if err != nil {
 			t.Fatal(err)
 		}

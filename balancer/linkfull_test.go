@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
 
 // TestQUICLinkFull: a backend over QUIC that opens no lane holds 256
@@ -26,10 +27,10 @@ import (
 // backend with every byte intact, or is refused when there is none.
 func TestQUICLinkFull(t *testing.T) {
 	const proto protocol.ID = "/test/full"
-	a, b := newIdentity(t), newIdentity(t)
+	a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
 	var logs safeBuffer
 	const handshake = 2 * time.Second
-	f := newFixture(t, testnet.QUIC, []identity{a, b},
+	f := lbtest.New(t, testnet.QUIC, []lbtest.Identity{a, b},
 		balancer.WithHandshakeTimeout(handshake),
 		balancer.WithPolicy(string(proto), balancer.Policy{Strategy: balancer.RoundRobin}),
 		balancer.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
@@ -37,7 +38,7 @@ func TestQUICLinkFull(t *testing.T) {
 	t.Cleanup(func() { close(release) })
 	// Backend a answers the first byte of each stream at once, then holds
 	// the stream.
-	beA, _ := f.newBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
+	beA, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{proto: func(s network.Stream) {
 		one := make([]byte, 1)
 		if _, err := io.ReadFull(s, one); err == nil {
 			s.Write(one)
@@ -45,14 +46,14 @@ func TestQUICLinkFull(t *testing.T) {
 		<-release
 		s.Reset()
 	}}, backend.WithLanes(false))
-	waitRegistered(t, beA, proto)
+	lbtest.WaitRegistered(t, beA, proto)
 
 	// 256 streams from 4 peers (the test hosts' resource manager takes
 	// about 75 inbound streams of one protocol from one peer).
 	peers := make([]host.Host, 5)
 	for i := range peers {
-		peers[i] = f.newPeer()
-		waitServed(t, peers[i], f.host.ID(), true, proto)
+		peers[i] = f.NewPeer()
+		lbtest.WaitServed(t, peers[i], f.Host.ID(), true, proto)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -62,7 +63,7 @@ func TestQUICLinkFull(t *testing.T) {
 		wg.Add(1)
 		go func(d host.Host) {
 			defer wg.Done()
-			s, err := d.NewStream(ctx, f.host.ID(), proto)
+			s, err := d.NewStream(ctx, f.Host.ID(), proto)
 			if err == nil {
 				_, err = s.Write([]byte{7})
 			}
@@ -81,8 +82,8 @@ func TestQUICLinkFull(t *testing.T) {
 	}
 
 	linkFull := func() int64 {
-		for _, bi := range f.lb.Backends() {
-			if bi.ID == a.id {
+		for _, bi := range f.LB.Backends() {
+			if bi.ID == a.ID {
 				return bi.LinkFull
 			}
 		}
@@ -90,7 +91,7 @@ func TestQUICLinkFull(t *testing.T) {
 	}
 	// No other backend: the 257th is refused after the handshake timeout.
 	start := time.Now()
-	s, err := peers[4].NewStream(ctx, f.host.ID(), proto)
+	s, err := peers[4].NewStream(ctx, f.Host.ID(), proto)
 	if err == nil {
 		s.Write([]byte{7})
 		_, err = io.ReadFull(s, make([]byte, 1))
@@ -107,15 +108,15 @@ func TestQUICLinkFull(t *testing.T) {
 
 	// With a second backend, streams that find a's link full fail over to
 	// it with no byte lost.
-	beB, _ := f.newBackend(b, map[protocol.ID]network.StreamHandler{proto: echo})
-	waitRegistered(t, beB, proto)
+	beB, _ := f.NewBackend(b, map[protocol.ID]network.StreamHandler{proto: testnet.Echo})
+	lbtest.WaitRegistered(t, beB, proto)
 	for i := 0; i < 4; i++ {
 		payload := []byte(fmt.Sprintf("stream %d after the link filled", i))
-		s, err := peers[4].NewStream(ctx, f.host.ID(), proto)
+		s, err := peers[4].NewStream(ctx, f.Host.ID(), proto)
 		if err != nil {
 			t.Fatal(err)
 		}
-		roundTrip(t, s, payload)
+		testnet.CheckRoundTrip(t, s, payload)
 	}
 	if n := linkFull(); n < 2 {
 		t.Errorf("LinkFull %d after failovers, want at least 2 (round robin offers a first)", n)

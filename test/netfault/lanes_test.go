@@ -49,9 +49,9 @@ func testLanesFromOneIP(t *testing.T, exempt bool) {
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lb := n.serve(t, quic, lbKey, "--allow", aID.String(), "--config", cfg)
+	lb := n.serve(t, testnet.QUIC, lbKey, "--allow", aID.String(), "--config", cfg)
 	p := startIn(t, n.nsA, remoteBin, "lanes", false, "--lanes", strconv.Itoa(lanes), "--key", aKey, "--to", lb.addr)
-	p.next(t, 60*time.Second, "lanes")
+	p.Next(t, 60*time.Second, "lanes")
 
 	conns := func() int {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
