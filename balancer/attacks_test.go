@@ -216,32 +216,3 @@ func TestStreamFlood(t *testing.T) {
 		t.Fatal("the flood was never limited")
 	}
 }
-
-// TestRoutesMustFitOneResponse: a backend whose routes would not fit in one
-// 16 KiB RoutingResponse is refused, all or nothing, and keeps its routes.
-func TestRoutesMustFitOneResponse(t *testing.T) {
-	a := lbtest.NewIdentity(t)
-	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a})
-	lbID := f.Host.ID()
-	ah := testnet.NewHost(t, testnet.TCP, testnet.Options{Key: a.Key, LinkPeers: []peer.ID{lbID}})
-	testnet.Connect(t, ah, f.Host)
-	batch := func(from, n int) []string {
-		var out []string
-		for i := from; i < from+n; i++ {
-			out = append(out, fmt.Sprintf("/a/rather/long/protocol/name/%04d/1.0.0", i))
-		}
-		return out
-	}
-	// 300 IDs of 39 bytes: 12 KiB, fits.
-	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(0, 300)}); resp.Status != pb.Status_OK {
-		t.Fatalf("300 routes: %v", resp.Status)
-	}
-	// 200 more would make 20 KiB.
-	resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{Protocols: batch(300, 200)})
-	if resp.Status != pb.Status_RESOURCE_LIMIT_EXCEEDED || !strings.Contains(resp.Text, "16384") {
-		t.Fatalf("500 routes: %v %q", resp.Status, resp.Text)
-	}
-	if resp := lbtest.RawRequest(t, ah, lbID, &pb.RoutingRequest{}); len(resp.Protocols) != 300 {
-		t.Fatalf("after the refusal: %d routes, want the 300 from before", len(resp.Protocols))
-	}
-}

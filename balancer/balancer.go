@@ -64,9 +64,12 @@ type Balancer struct {
 	refusals *logging.Summary
 
 	// protoEmitter announces changes of the routed protocols (see
-	// announce); added and removed collect them meanwhile, under mu.
+	// announce); added and removed collect them meanwhile, under mu, and
+	// pushTimer, when set, announces them at lastPush plus PushInterval.
 	protoEmitter   event.Emitter
 	added, removed []protocol.ID
+	pushTimer      *time.Timer
+	lastPush       time.Time
 
 	mu        sync.Mutex
 	closed    bool
@@ -186,7 +189,7 @@ func (b *Balancer) stopAccepting() {
 		b.removed = append(b.removed, proto)
 	}
 	b.installed = map[protocol.ID]bool{}
-	b.announce()
+	b.flushAnnounce()
 	b.protoEmitter.Close()
 	for _, be := range b.backends {
 		for _, r := range be.routes {

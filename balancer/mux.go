@@ -2,9 +2,9 @@ package balancer
 
 import (
 	"io"
+	"slices"
 	"strings"
 
-	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
@@ -22,7 +22,8 @@ import (
 // held.
 //
 // The handler goes on the host's mux directly, and the change is announced
-// by announce, once per request rather than once per protocol: every
+// by announce (identify.go), once per request at most, and at most once per
+// PushInterval, rather than once per protocol: every
 // announcement makes identify rebuild and sort its whole protocol list, so
 // host.SetStreamHandler per protocol made registering N routes cost O(N²):
 // BenchmarkRoutesAdd, 100 new routes on a backend already holding 3,900,
@@ -38,12 +39,22 @@ func (b *Balancer) refresh(proto protocol.ID) {
 	case live && !b.installed[proto]:
 		b.installed[proto] = true
 		b.h.Mux().AddHandler(proto, b.muxHandler)
-		b.added = append(b.added, proto)
+		b.added, b.removed = pending(b.added, b.removed, proto)
 	case !live && b.installed[proto]:
 		delete(b.installed, proto)
 		b.h.Mux().RemoveHandler(proto)
-		b.removed = append(b.removed, proto)
+		b.removed, b.added = pending(b.removed, b.added, proto)
 	}
+}
+
+// pending records a change of proto not announced yet: it goes into to,
+// unless it undoes a change still pending in undo (a protocol added and
+// removed again before the announcement), which then cancels out.
+func pending(to, undo []protocol.ID, proto protocol.ID) ([]protocol.ID, []protocol.ID) {
+	if i := slices.Index(undo, proto); i >= 0 {
+		return to, slices.Delete(undo, i, i+1)
+	}
+	return append(to, proto), undo
 }
 
 // muxHandler adapts handleInbound to the mux, as host.SetStreamHandler
@@ -51,17 +62,6 @@ func (b *Balancer) refresh(proto protocol.ID) {
 func (b *Balancer) muxHandler(_ protocol.ID, rwc io.ReadWriteCloser) error {
 	b.handleInbound(rwc.(network.Stream))
 	return nil
-}
-
-// announce tells the host's subscribers (identify, which pushes to connected
-// peers) which protocols refresh added and removed since the last
-// announcement. Called with b.mu held.
-func (b *Balancer) announce() {
-	if len(b.added) == 0 && len(b.removed) == 0 {
-		return
-	}
-	_ = b.protoEmitter.Emit(event.EvtLocalProtocolsUpdated{Added: b.added, Removed: b.removed})
-	b.added, b.removed = nil, nil
 }
 
 // hostProtocols returns the protocols the host serves itself (identify,

@@ -113,7 +113,8 @@ func (b *Balancer) apply(p peer.ID, req *pb.RoutingRequest) *pb.RoutingResponse 
 
 // admit checks req from backend p, whose state is be (nil when it has none
 // yet), against the reserved protocols, the ACL and the limits before
-// anything changes, so that a request is applied whole or not at all. It
+// anything changes, so that a request is applied whole or not at all, and
+// against the identify budget (identify.go), last since it costs the most. It
 // returns the refusal, or nil. Called with b.mu held.
 func (b *Balancer) admit(p peer.ID, be *backendState, req *pb.RoutingRequest) *pb.RoutingResponse {
 	// The stream was admitted under the settings of its start; Update may
@@ -148,7 +149,7 @@ func (b *Balancer) admit(p peer.ID, be *backendState, req *pb.RoutingRequest) *p
 			return refuse(pb.Status_RESOURCE_LIMIT_EXCEEDED, "%d routes would exceed this backend's limit of %d", n, limit)
 		}
 	}
-	return nil
+	return b.checkIdentify(be, req, hostProtos)
 }
 
 // addRoutes adds or extends be's route for each protocol of req, with the

@@ -123,7 +123,7 @@ func parseFlags(args []string) (cfg harness.Config, out outputs, code int) {
 		rrSize     = fs.Int("rr-size", d.RRSize, "request/response: bytes each way")
 		idle       = fs.Int("idle", d.IdleStreams, "idle: concurrent streams held open")
 		idlePer    = fs.Int("idle-per-conn", d.IdlePerConnQUIC, "idle over QUIC: streams per connection (go-libp2p caps a QUIC connection at 256)")
-		reg        = fs.Int("reg", d.RegRoutes, "registration: routes (at most 1024, the balancer's ProtocolsPerRequest)")
+		reg        = fs.Int("reg", d.RegRoutes, "registration: routes (about 300 at most: each is advertised in the balancer's identify message, capped at 4 KiB)")
 		regStep    = fs.Int("reg-step", d.RegStep, "registration: routes added per request")
 		separate   = fs.Bool("separate", false, "run the balancer (and the relay) in a child process, to measure its CPU and memory apart")
 		netns      = fs.Bool("netns", false, "run peers, middle node and backends in three network namespaces joined by veth with netem delay (root; needs ip and tc from iproute2)")

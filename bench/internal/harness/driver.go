@@ -76,7 +76,7 @@ func DefaultConfig() Config {
 		ParStreams: 32, ParSize: 32 << 20,
 		RRCount: 2000, RRSize: 64,
 		IdleStreams: 10000, IdlePerConnQUIC: 250, IdleWorkers: 32,
-		RegRoutes: 1000, RegStep: 250, RegLookups: 300,
+		RegRoutes: 250, RegStep: 50, RegLookups: 300,
 		PeerDelay: 20 * time.Millisecond, BackDelay: time.Millisecond,
 		Timeout: 45 * time.Minute,
 	}
@@ -449,8 +449,9 @@ func registration(ctx context.Context, cfg *Config, s *setup) (map[string]float6
 	}
 	protos := make([]string, cfg.RegRoutes)
 	for i := range protos {
-		// Short IDs: a backend's routes must fit in one 16 KiB response
-		// together, which holds about 1,600 IDs of this length.
+		// Short IDs: every route is advertised in the balancer's identify
+		// message, whose 4 KiB budget (balancer.IdentifyBudget) holds
+		// about 300 IDs of this length besides the host's own.
 		protos[i] = fmt.Sprintf("/r/%05d", i)
 	}
 	back := s.pl.back
