@@ -119,11 +119,16 @@ func (b *Balancer) carry(dir Direction, proto protocol.ID, be *backendState, rem
 			tr.BytesForwarded(dir, toBackend, n)
 		},
 	}
-	// After Close the group resets both streams and reports ErrClosed
-	// here at once, so the counters and limits are released the same way.
-	b.active.Start(remote, backendSide, cfg, func(res pipe.Result) {
+	done := func(res pipe.Result) {
 		tr.StreamEnded(dir, proto, be.id, res.AToB, res.BToA, res.Err == nil)
 		be.active.Add(-1)
 		release()
-	})
+	}
+	if b.cfg.naiveCopy {
+		b.startNaive(remote, backendSide, cfg.Progress, done)
+		return
+	}
+	// After Close the group resets both streams and reports ErrClosed
+	// here at once, so the counters and limits are released the same way.
+	b.active.Start(remote, backendSide, cfg, done)
 }

@@ -28,6 +28,10 @@ type config struct {
 	// dialpolicy.go, which also holds its options.
 	dial             *DialPolicy
 	backendToBackend bool
+	// naiveCopy carries streams with internal/naive's io.Copy instead of
+	// package pipe: a benchmarking switch, set only by the bench harness
+	// through naive.BalancerOption (see balancer/naive.go).
+	naiveCopy bool
 }
 
 // Defaults of the options. They, DefaultLimits and DefaultHealth are the

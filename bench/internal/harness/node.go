@@ -120,6 +120,9 @@ type Request struct {
 	TTL    uint32         `json:",omitempty"`
 	GC     bool           `json:",omitempty"`
 	Path   string         `json:",omitempty"`
+	// Naive (op balancer) makes the balancer copy with io.Copy: the
+	// naive-in and naive-out setups (naive.go).
+	Naive bool `json:",omitempty"`
 }
 
 // Response answers a Request.
@@ -181,7 +184,7 @@ func (n *node) dispatch(ctx context.Context, r Request) (Response, error) {
 		serve(h.SetStreamHandler)
 		return Response{}, nil
 	case "balancer":
-		return Response{}, n.startBalancer(r.Name, r.Allow)
+		return Response{}, n.startBalancer(r.Name, r.Allow, r.Naive)
 	case "relay":
 		return Response{}, n.startRelay(r.Name)
 	case "backend":
@@ -327,7 +330,7 @@ func (n *node) newHost(s *HostSpec) (Response, error) {
 	return Response{Info: &peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()}}, nil
 }
 
-func (n *node) startBalancer(name string, allow []peer.ID) error {
+func (n *node) startBalancer(name string, allow []peer.ID, naiveCopy bool) error {
 	h, err := n.host(name)
 	if err != nil {
 		return err
@@ -339,6 +342,9 @@ func (n *node) startBalancer(name string, allow []peer.ID) error {
 		balancer.WithDialPolicy(balancer.DialPolicy{Loopback: true, Private: true})}
 	for _, p := range allow {
 		opts = append(opts, balancer.WithAllow(p))
+	}
+	if naiveCopy {
+		opts = append(opts, naiveOption())
 	}
 	b, err := balancer.New(h, opts...)
 	if err != nil {

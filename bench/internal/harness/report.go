@@ -65,6 +65,7 @@ var tableMetrics = []metricInfo{
 	{"bulk_mid_cpu_s_per_GB", "bulk CPU s/GB (middle process)", 1, "%.2f"},
 	{"parallel_MBps", "parallel MB/s", 1, "%.0f"},
 	{"parallel_cpu_s_per_GB", "parallel CPU s/GB (all)", 1, "%.2f"},
+	{"parallel_mid_cpu_s_per_GB", "parallel CPU s/GB (middle process)", 1, "%.2f"},
 	{"rr_streams_per_s", "req/resp streams/s", 1, "%.0f"},
 	{"rr_p50_ms", "req/resp p50 ms", 1, "%.3f"},
 	{"rr_p99_ms", "req/resp p99 ms", 1, "%.3f"},
@@ -90,7 +91,7 @@ var regMetrics = []metricInfo{
 	{"reg_identify_protocols", "protocols a remote peer sees (identify)", 1, "%.0f"},
 }
 
-var ratioPairs = [][2]string{{LBIn, Direct}, {LBOut, Direct}, {LBIn, Relay}, {LBOut, Relay}}
+var ratioPairs = [][2]string{{LBIn, Direct}, {LBOut, Direct}, {LBIn, Relay}, {LBOut, Relay}, {LBIn, NaiveIn}, {LBOut, NaiveOut}, {LBOut, LBIn}}
 
 func newReport(cfg *Config) *Report {
 	r := &Report{
@@ -236,6 +237,18 @@ func (r *Report) checkTargets(tr string) {
 		v, ok = r.value(tr, s, "idle_mid_goroutines_per_stream")
 		add(s, "idle goroutines/stream at balancer", v, ok, 2, false)
 	}
+	// Issue 13: the balancer's own CPU per byte no more than the naive
+	// forwarder's (measured only when the middle has its own process), and
+	// outbound bulk as fast as inbound.
+	for _, p := range [][2]string{{LBIn, NaiveIn}, {LBOut, NaiveOut}} {
+		for _, m := range []string{"bulk", "parallel"} {
+			v, ok := r.ratio(tr, m+"_mid_cpu_s_per_GB", p[0], p[1])
+			add(p[0], m+" balancer CPU/GB ÷ naive", v, ok, 1.0, false)
+		}
+	}
+	if v, ok := r.ratio(tr, "bulk_MBps", LBOut, LBIn); ok {
+		add(LBOut, "bulk MB/s ÷ lb-in", v, ok, 0.9, true)
+	}
 	v, ok := r.value(tr, LBIn, "reg_lookup_ratio")
 	add(LBIn, "lookup p50 with N routes ÷ none", v, ok, 1.5, false)
 }
@@ -254,22 +267,33 @@ func (r *Report) Markdown(w io.Writer, command string) {
 		size(c.BulkSize), c.ParStreams, size(c.ParSize), c.RRCount, c.RRSize, c.IdleStreams, c.RegRoutes, c.RegStep)
 	for _, tr := range r.Transport {
 		fmt.Fprintf(w, "### %s\n\n", strings.ToUpper(tr))
-		fmt.Fprintln(w, "| metric | direct | relay | lb-in | lb-out | lb-in ÷ direct | lb-out ÷ direct | lb-in ÷ relay | lb-out ÷ relay |")
-		fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+		// Only the setups and ratios this run has, so that a run of two
+		// setups is not a table of dashes.
+		setups, pairs := r.columns(tr)
+		fmt.Fprint(w, "| metric |")
+		for _, s := range setups {
+			fmt.Fprintf(w, " %s |", s)
+		}
+		for _, p := range pairs {
+			fmt.Fprintf(w, " %s ÷ %s |", p[0], p[1])
+		}
+		fmt.Fprint(w, "\n|---|")
+		fmt.Fprint(w, strings.Repeat("--:|", len(setups)+len(pairs)))
+		fmt.Fprintln(w)
 		for _, row := range r.Rows {
 			if row.Transport != tr {
 				continue
 			}
 			mi := lookupMetric(row.Metric)
 			fmt.Fprintf(w, "| %s |", mi.label)
-			for _, s := range AllSetups {
+			for _, s := range setups {
 				if v, ok := row.Values[s]; ok {
 					fmt.Fprintf(w, " "+mi.format+" |", v*mi.scale)
 				} else {
 					fmt.Fprint(w, " – |")
 				}
 			}
-			for _, p := range ratioPairs {
+			for _, p := range pairs {
 				if v, ok := row.Ratios[p[0]+"/"+p[1]]; ok && !math.IsInf(v, 0) && !math.IsNaN(v) {
 					fmt.Fprintf(w, " %.2f |", v)
 				} else {
@@ -316,6 +340,25 @@ func (r *Report) Markdown(w io.Writer, command string) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// columns returns the setups measured on transport tr, in table order, and
+// the ratios whose both setups were measured.
+func (r *Report) columns(tr string) (setups []string, pairs [][2]string) {
+	have := r.Median[tr]
+	for _, s := range AllSetups {
+		if _, ok := have[s]; ok {
+			setups = append(setups, s)
+		}
+	}
+	for _, p := range ratioPairs {
+		_, a := have[p[0]]
+		_, b := have[p[1]]
+		if a && b {
+			pairs = append(pairs, p)
+		}
+	}
+	return setups, pairs
 }
 
 func lookupMetric(key string) metricInfo {

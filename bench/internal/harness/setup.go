@@ -18,8 +18,8 @@ const (
 	LBOut  = "lb-out" // B → LB → E, B a backend opening outbound streams
 )
 
-// AllSetups lists every setup in table order.
-var AllSetups = []string{Direct, Relay, LBIn, LBOut}
+// AllSetups lists every setup in table order (NaiveIn and NaiveOut: naive.go).
+var AllSetups = []string{Direct, Relay, NaiveIn, NaiveOut, LBIn, LBOut}
 
 // place says which agent runs each role and on which address it listens.
 type place struct {
@@ -137,7 +137,7 @@ func (pl *place) build(ctx context.Context, name, tr string) (*setup, error) {
 		err = pl.buildDirect(ctx, s, prefix)
 	case Relay:
 		err = pl.buildRelay(ctx, s, prefix)
-	case LBIn, LBOut:
+	case LBIn, LBOut, NaiveIn, NaiveOut:
 		err = pl.buildBalancer(ctx, s, prefix)
 	default:
 		return nil, fmt.Errorf("unknown setup %q", name)
@@ -239,11 +239,11 @@ func (pl *place) buildBalancer(ctx context.Context, s *setup, prefix string) err
 	if err != nil {
 		return err
 	}
-	if err := pl.do(ctx, pl.mid, Request{Op: "balancer", Name: prefix + "LB", Allow: []peer.ID{beID}}); err != nil {
+	if err := pl.do(ctx, pl.mid, Request{Op: "balancer", Name: prefix + "LB", Allow: []peer.ID{beID}, Naive: isNaive(name)}); err != nil {
 		return err
 	}
 	be := prefix + "A"
-	if name == LBOut {
+	if outbound(name) {
 		be = prefix + "B"
 	}
 	if _, err := pl.mkHost(ctx, pl.back, HostSpec{Name: be, Transport: tr, Key: beKey, Limits: LimitsLink, LinkPeers: []peer.ID{lbID}}, pl.backIP); err != nil {
@@ -255,7 +255,7 @@ func (pl *place) buildBalancer(ctx context.Context, s *setup, prefix string) err
 	s.mid, s.measure = pl.mid, pl.mid
 	s.agents = []Agent{pl.peer, pl.mid, pl.back}
 	s.lb, s.backend = lb, be
-	if name == LBIn {
+	if !outbound(name) {
 		s.addPair = func(ctx context.Context, i int) (pair, error) {
 			d := fmt.Sprintf("%sD%d", prefix, i)
 			if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite}, pl.peerIP); err != nil {

@@ -98,7 +98,34 @@ func (r *Report) svgPanels() []svgPanel {
 		}
 		idle.rows = append(idle.rows, row)
 	}
-	return []svgPanel{direct, relay, idle}
+	panels := []svgPanel{direct, relay, idle}
+	if naive := r.naivePanel(); naive.rows != nil {
+		panels = append(panels, naive)
+	}
+	return panels
+}
+
+// naivePanel is the balancer's own CPU per byte against the naive
+// forwarder's (issue 13), lb-in over naive-in and lb-out over naive-out;
+// no rows when the run measured neither (the middle's CPU needs -separate).
+func (r *Report) naivePanel() svgPanel {
+	p := svgPanel{title: "balancer ÷ naive forwarder (its process)", unit: "×"}
+	for _, tr := range r.Transport {
+		for _, m := range []struct{ key, label string }{{"bulk_mid_cpu_s_per_GB", "bulk CPU/GB"}, {"parallel_mid_cpu_s_per_GB", "parallel CPU/GB"}} {
+			row := svgRow{label: strings.ToUpper(tr) + " " + m.label, target: 1}
+			found := false
+			for i, pair := range [][2]string{{LBIn, NaiveIn}, {LBOut, NaiveOut}} {
+				row.values[i] = math.NaN()
+				if v, ok := r.ratio(tr, m.key, pair[0], pair[1]); ok {
+					row.values[i], found = v, true
+				}
+			}
+			if found {
+				p.rows = append(p.rows, row)
+			}
+		}
+	}
+	return p
 }
 
 // svgHeader opens the document: its size, the title and the legend.
