@@ -96,6 +96,14 @@ func (b *Balancer) recordOutcome(be *backendState, o outcome) (ejected bool, unt
 		return false, 0
 	}
 	cfg := b.settings().health
+	if h.ejected(time.Now()) {
+		// Offers made before the ejection that fail now: the same trouble
+		// that ejected it (a hang or a dropped link fails every offer in
+		// flight at once). Counted, a dropped link with a few hundred
+		// offers in flight ejected the backend again and again, for the
+		// maximum within a second.
+		return false, 0
+	}
 	h.failures++
 	if cfg.ConsecutiveFailures <= 0 || h.failures < cfg.ConsecutiveFailures {
 		return false, 0

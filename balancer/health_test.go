@@ -127,3 +127,39 @@ func TestHangingHandshakeCut(t *testing.T) {
 		t.Fatalf("the client timed out instead of seeing a reset: %v", err)
 	}
 }
+
+// TestBurstOfFailuresEjectsOnce: offers in flight together that fail
+// together (a backend that hangs, or whose connection drops, with many
+// streams in their handshake) eject the backend once. Before, every few of
+// them ejected it again, each time for longer: a dropped link with a few
+// hundred offers in flight ejected a backend for the 5-minute maximum within
+// a second (seen in bench -serve over QUIC).
+func TestBurstOfFailuresEjectsOnce(t *testing.T) {
+	hanging, good := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
+	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{hanging, good},
+		balancer.WithHandshakeTimeout(3*time.Second),
+		balancer.WithHealth(balancer.Health{ConsecutiveFailures: 3, BaseEjection: 2 * time.Second, MaxEjection: time.Minute}))
+	offered := scriptedBackend(t, f, hanging, pooled, nil)
+	d := f.NewPeer()
+	lbtest.WaitServed(t, d, f.Host.ID(), true, pooled)
+
+	// Twelve offers at once, all to the hanging backend, the only one yet.
+	const burst = 12
+	errs := make(chan error, burst)
+	for range burst {
+		go func() { errs <- f.EchoOnce(d, pooled, []byte("x")) }()
+	}
+	testnet.Eventually(t, 10*time.Second, func() bool { return offered.Load() == burst }, "%d offers at the hanging backend", burst)
+	var served atomic.Int64
+	be, _ := f.NewBackend(good, map[protocol.ID]network.StreamHandler{pooled: countingEcho(&served)})
+	lbtest.WaitRegistered(t, be, pooled)
+	for range burst {
+		<-errs // timed out together, then failed over or not
+	}
+	// One ejection lasts 2 s; twelve failures counted as four would make
+	// the fourth last 8 s.
+	testnet.Eventually(t, 6*time.Second, func() bool {
+		openAndEcho(t, d, f.Host.ID(), pooled, []byte("z"))
+		return offered.Load() > burst
+	}, "the hanging backend offered a stream again after one ejection")
+}
