@@ -110,9 +110,7 @@ func (r *refusals) BlockServicePeer(svc string, p peer.ID) {
 // scope that refused nor the priority, so this counts, with limit
 // "unknown", every refused reservation: a new yamux stream's window, which
 // the stream cannot do without, and also a window's growth, which the
-// stream does without (that one is refused once memory is half used). A
-// reservation through a span (yamux reserves through one per connection)
-// that the span's owner refuses is reported by both, so it counts twice.
+// stream does without (that one is refused once memory is half used).
 func (r *refusals) BlockMemory(size int) { r.refused("memory", "unknown", "") }
 
 // refused counts one refusal and logs it unless a line about its kind went
