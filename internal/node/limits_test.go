@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -308,33 +307,5 @@ func TestConnManagerWatermarks(t *testing.T) {
 			t.Errorf("%+v: connection manager %d/%d/%v, want %d/%d/%v", tc.cm,
 				info.LowWater, info.HighWater, info.GracePeriod, tc.low, tc.high, tc.grace)
 		}
-	}
-}
-
-// TestRefusalLimits: the refusals of a new connection, and of a
-// connection's move into its peer's scope, are counted under the limit
-// that refused, with no trace reporter (the resource manager's
-// MetricsReporter and the errors say which).
-func TestRefusalLimits(t *testing.T) {
-	const proxy = "203.0.113.7"
-	reg := prometheus.NewRegistry()
-	var logs syncBuffer
-	rm, err := node.NewResourceManager(node.Config{ProxyNetworks: []netip.Prefix{netip.MustParsePrefix(proxy + "/32")},
-		Log: slog.New(slog.NewTextHandler(&logs, nil)), Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rm.Close()
-	// The proxy is exempt from the per-IP limits, so the connections
-	// not yet tied to a peer fill the transient scope.
-	got, err := openConns(t, rm, proxy, 1000, false)
-	if !errors.Is(err, network.ErrResourceLimitExceeded) {
-		t.Fatalf("after %d connections: %v, want a scope limit", got, err)
-	}
-	if n := refusedCount(t, reg, "conn", "transient"); n != 1 {
-		t.Errorf("conn/transient refusals: %v, want 1 (after %d connections: %v)", n, got, err)
-	}
-	if !strings.Contains(logs.String(), "limit=transient scope=transient") {
-		t.Errorf("log has no transient refusal:\n%s", logs.String())
 	}
 }

@@ -253,7 +253,7 @@ func NewResourceManager(cfg Config) (network.ResourceManager, error) {
 			},
 		}),
 		rcmgr.WithAllowlistedMultiaddrs(allow),
-		rcmgr.WithMetrics(rep),
+		rcmgr.WithTraceReporter(rep),
 	)
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(cfg.Limits.Concrete(cfg.LinkPeers...)), opts...)
 	if err != nil {
