@@ -1,7 +1,6 @@
 package balancer_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/balancer"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet/lbtest"
 )
@@ -28,7 +28,7 @@ import (
 func TestQUICLinkFull(t *testing.T) {
 	const proto protocol.ID = "/test/full"
 	a, b := lbtest.NewIdentity(t), lbtest.NewIdentity(t)
-	var logs safeBuffer
+	var logs proctest.SyncBuffer
 	const handshake = 2 * time.Second
 	f := lbtest.New(t, testnet.QUIC, []lbtest.Identity{a, b},
 		balancer.WithHandshakeTimeout(handshake),
@@ -124,22 +124,4 @@ func TestQUICLinkFull(t *testing.T) {
 	if got := strings.Count(logs.String(), "QUIC link is full"); got != 1 {
 		t.Errorf("%d log lines about the full link, want 1:\n%s", got, logs.String())
 	}
-}
-
-// safeBuffer is a bytes.Buffer safe for the logger's goroutines.
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *safeBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *safeBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -1,7 +1,6 @@
 package node_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
+	"github.com/libp2p-balancer/libp2p-balancer/internal/proctest"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 )
@@ -158,7 +158,7 @@ func TestPeerLimit(t *testing.T) {
 
 func testPeerLimit(t *testing.T, tr testnet.Transport) {
 	key, _ := testnet.Key(t)
-	var logs syncBuffer
+	var logs proctest.SyncBuffer
 	reg := prometheus.NewRegistry()
 	listen := ma.StringCast("/ip4/127.0.0.1/tcp/0")
 	if tr == testnet.QUIC {
@@ -255,24 +255,6 @@ func refusedCount(t *testing.T, g prometheus.Gatherer, resource, limit string) f
 		}
 	}
 	return 0
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestConnManagerWatermarks: by default the connection manager trims
