@@ -67,6 +67,10 @@ func TestSoak(t *testing.T) {
 	var baseline runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&baseline)
+	// Registered second, so it runs after the cleanups that hold the
+	// replaced backends and their hosts (closed, but referenced until
+	// then).
+	t.Cleanup(func() { checkHeap(t, baseline) })
 
 	stats := run(t, duration, concurrency)
 	t.Logf("%d workers over %d remote peers for %v: %d inbound and %d outbound streams verified, %d MiB each way; %d offers refused by the failing backend; %d backends replaced",
@@ -75,20 +79,28 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("the soak did not exercise everything: %+v", stats)
 	}
 
-	// Everything is closed: the heap must come back near where it started.
+}
+
+// checkHeap fails t unless the live heap comes back to within 32 MiB of
+// baseline once everything is closed. HeapAlloc after a GC is the live
+// objects; HeapInuse also counts the free slots of spans that still hold a
+// live object, and after 1,000 workers it stayed at 45 MiB with about 4 MiB
+// of live objects (the 5-minute form, heap profile).
+func checkHeap(t *testing.T, baseline runtime.MemStats) {
 	var after runtime.MemStats
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if after.HeapInuse < baseline.HeapInuse+32<<20 || time.Now().After(deadline) {
+		if after.HeapAlloc < baseline.HeapAlloc+32<<20 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("heap in use %d MiB before the soak, %d MiB after", baseline.HeapInuse>>20, after.HeapInuse>>20)
-	if after.HeapInuse > baseline.HeapInuse+32<<20 {
-		t.Fatalf("heap in use %d MiB after the soak, %d MiB before", after.HeapInuse>>20, baseline.HeapInuse>>20)
+	t.Logf("live heap %d MiB before the soak, %d MiB after (heap in use %d and %d MiB)",
+		baseline.HeapAlloc>>20, after.HeapAlloc>>20, baseline.HeapInuse>>20, after.HeapInuse>>20)
+	if after.HeapAlloc > baseline.HeapAlloc+32<<20 {
+		t.Errorf("live heap %d MiB after the soak, %d MiB before", after.HeapAlloc>>20, baseline.HeapAlloc>>20)
 	}
 }
 
