@@ -67,22 +67,8 @@ func TestReload(t *testing.T) {
 		return hex.EncodeToString(sum[:])
 	}
 	level := new(slog.LevelVar)
-	src := daemon.Source{File: path, Level: level, Load: func() (daemon.Config, string, error) {
-		cfg := daemon.DefaultConfig()
-		sum, err := daemon.LoadFileSum(path, &cfg)
-		return cfg, sum, err
-	}}
 	write("listen: [/ip4/127.0.0.1/tcp/0]\n")
-	cfg, sum, err := src.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := daemon.Start(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	d.SetSource(src, sum)
+	d := startFromFile(t, path, level)
 	client := &admin.Client{Addr: d.AdminURL()}
 
 	ah, err := node.New(node.Config{Key: aKey, Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}, LinkPeers: []peer.ID{d.ID()}})
@@ -172,22 +158,8 @@ func TestReloadDialPolicy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	src := daemon.Source{File: path, Load: func() (daemon.Config, string, error) {
-		cfg := daemon.DefaultConfig()
-		sum, err := daemon.LoadFileSum(path, &cfg)
-		return cfg, sum, err
-	}}
 	write("")
-	cfg, sum, err := src.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := daemon.Start(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	d.SetSource(src, sum)
+	d := startFromFile(t, path, nil)
 	newHost := func(key crypto.PrivKey) host.Host {
 		if key == nil {
 			key, _, _ = crypto.GenerateEd25519Key(nil)
@@ -235,4 +207,26 @@ func TestReloadDialPolicy(t *testing.T) {
 	if resp := outbound(); resp.Status != pb.Status_OK {
 		t.Fatalf("after dial_loopback was turned on: %v %q, want OK", resp.Status, resp.Text)
 	}
+}
+
+// startFromFile starts a daemon from the configuration file at path, which
+// each reload reads again; level, when not nil, is the level a reload sets.
+func startFromFile(t *testing.T, path string, level *slog.LevelVar) *daemon.Daemon {
+	t.Helper()
+	src := daemon.Source{File: path, Level: level, Load: func() (daemon.Config, string, error) {
+		cfg := daemon.DefaultConfig()
+		sum, err := daemon.LoadFileSum(path, &cfg)
+		return cfg, sum, err
+	}}
+	cfg, sum, err := src.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := daemon.Start(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	d.SetSource(src, sum)
+	return d
 }
