@@ -40,31 +40,9 @@ func TestOutboundDialPolicy(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { d.Close() })
-		lbInfo := peer.AddrInfo{ID: d.ID(), Addrs: d.Host().Addrs()}
-		newHost := func(key crypto.PrivKey) host.Host {
-			if key == nil {
-				key, _, _ = crypto.GenerateEd25519Key(nil)
-			}
-			h, err := node.New(node.Config{Key: key, Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}, LinkPeers: []peer.ID{d.ID()}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { h.Close() })
-			if err := h.Connect(context.Background(), lbInfo); err != nil {
-				t.Fatal(err)
-			}
-			return h
-		}
-		a, e := newHost(aKey), newHost(nil)
-		e.SetStreamHandler("/e", func(s network.Stream) { s.Close() })
 		// E connected, so the balancer learned its loopback address from
-		// identify; then it leaves.
-		testnet.Eventually(t, 10*time.Second, func() bool {
-			p, _ := d.Host().Peerstore().GetProtocols(e.ID())
-			return len(p) > 0
-		}, "identify of E")
-		_ = e.Network().ClosePeer(d.ID())
-		testnet.Eventually(t, 10*time.Second, func() bool { return d.Host().Network().Connectedness(e.ID()) != network.Connected }, "E gone")
+		// identify; then it left.
+		a, e := backendAndGoneTarget(t, d, aKey)
 
 		for _, hints := range [][][]byte{nil, {e.Addrs()[0].Bytes()}} {
 			s, err := a.NewStream(context.Background(), d.ID(), wire.ForwardID)
@@ -89,4 +67,35 @@ func TestOutboundDialPolicy(t *testing.T) {
 			}
 		}
 	}
+}
+
+// backendAndGoneTarget connects a backend host with key aKey and a target
+// E to the daemon's balancer. E serves "/e" and stays until the balancer
+// has its identify (so its peerstore holds E's loopback address), then
+// disconnects: an outbound request to E makes the balancer dial it.
+func backendAndGoneTarget(t *testing.T, d *daemon.Daemon, aKey crypto.PrivKey) (a, e host.Host) {
+	t.Helper()
+	newHost := func(key crypto.PrivKey) host.Host {
+		if key == nil {
+			key, _, _ = crypto.GenerateEd25519Key(nil)
+		}
+		h, err := node.New(node.Config{Key: key, Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}, LinkPeers: []peer.ID{d.ID()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		if err := h.Connect(context.Background(), peer.AddrInfo{ID: d.ID(), Addrs: d.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a, e = newHost(aKey), newHost(nil)
+	e.SetStreamHandler("/e", func(s network.Stream) { s.Close() })
+	testnet.Eventually(t, 10*time.Second, func() bool {
+		p, _ := d.Host().Peerstore().GetProtocols(e.ID())
+		return len(p) > 0
+	}, "identify of E")
+	_ = e.Network().ClosePeer(d.ID())
+	testnet.Eventually(t, 10*time.Second, func() bool { return d.Host().Network().Connectedness(e.ID()) != network.Connected }, "E gone")
+	return a, e
 }

@@ -15,14 +15,12 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/libp2p-balancer/libp2p-balancer/admin"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/daemon"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/node"
-	"github.com/libp2p-balancer/libp2p-balancer/internal/testnet"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -160,28 +158,7 @@ func TestReloadDialPolicy(t *testing.T) {
 	}
 	write("")
 	d := startFromFile(t, path, nil)
-	newHost := func(key crypto.PrivKey) host.Host {
-		if key == nil {
-			key, _, _ = crypto.GenerateEd25519Key(nil)
-		}
-		h, err := node.New(node.Config{Key: key, Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}, LinkPeers: []peer.ID{d.ID()}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { h.Close() })
-		if err := h.Connect(context.Background(), peer.AddrInfo{ID: d.ID(), Addrs: d.Host().Addrs()}); err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
-	a, e := newHost(aKey), newHost(nil)
-	e.SetStreamHandler("/e", func(s network.Stream) { s.Close() })
-	testnet.Eventually(t, 10*time.Second, func() bool {
-		p, _ := d.Host().Peerstore().GetProtocols(e.ID())
-		return len(p) > 0
-	}, "identify of E")
-	_ = e.Network().ClosePeer(d.ID())
-	testnet.Eventually(t, 10*time.Second, func() bool { return d.Host().Network().Connectedness(e.ID()) != network.Connected }, "E gone")
+	a, e := backendAndGoneTarget(t, d, aKey)
 	outbound := func() *pb.ForwardResponse {
 		t.Helper()
 		s, err := a.NewStream(context.Background(), d.ID(), wire.ForwardID)
