@@ -161,21 +161,9 @@ func TestUpdateLimits(t *testing.T) {
 func TestUpdateStartsProbing(t *testing.T) {
 	a := lbtest.NewIdentity(t)
 	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithProbeInterval(0))
-	ah := rawBackend(t, f, a)
-	const proto protocol.ID = "/test/probed"
-	if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
-		t.Fatalf("register: %v", resp)
-	}
-	d := f.NewPeer()
-	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
-	hold := make(chan struct{})
-	t.Cleanup(func() { close(hold) })
-	ah.SetStreamHandler("/ipfs/ping/1.0.0", func(s network.Stream) { <-hold; s.Reset() })
+	d := silentBackend(t, f, a)
 	if err := f.LB.Update(balancer.WithAllow(a.ID), balancer.WithProbeInterval(300*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.WaitServed(t, d, f.Host.ID(), false, proto)
-	if routes := f.LB.Routes(); len(routes) != 1 || routes[0].Connected {
-		t.Fatalf("routes after the probe: %+v, want one, suspended", routes)
-	}
+	waitProbedOut(t, f, d)
 }

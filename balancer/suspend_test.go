@@ -118,19 +118,35 @@ func TestExpiryKeepsStreams(t *testing.T) {
 func TestProbeDisconnectsSilentBackend(t *testing.T) {
 	a := lbtest.NewIdentity(t)
 	f := lbtest.New(t, testnet.TCP, []lbtest.Identity{a}, balancer.WithProbeInterval(300*time.Millisecond))
+	d := silentBackend(t, f, a)
+	waitProbedOut(t, f, d)
+}
+
+// probedProto is the protocol silentBackend registers.
+const probedProto protocol.ID = "/test/probed"
+
+// silentBackend registers probedProto for a with a raw backend whose ping
+// handler never answers (connected but silent, as on a cut link), and
+// returns a remote peer that sees the protocol served.
+func silentBackend(t *testing.T, f *lbtest.Fixture, a lbtest.Identity) host.Host {
+	t.Helper()
 	ah := rawBackend(t, f, a)
-	const proto protocol.ID = "/test/probed"
-	if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(proto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
+	if resp := lbtest.RawRequest(t, ah, f.Host.ID(), &pb.RoutingRequest{Protocols: []string{string(probedProto)}, TtlSeconds: 60}); resp.Status != pb.Status_OK {
 		t.Fatalf("register: %v", resp)
 	}
 	d := f.NewPeer()
-	lbtest.WaitServed(t, d, f.Host.ID(), true, proto)
-	// A ping handler that never answers: the backend is connected but
-	// silent.
+	lbtest.WaitServed(t, d, f.Host.ID(), true, probedProto)
 	hold := make(chan struct{})
 	t.Cleanup(func() { close(hold) })
 	ah.SetStreamHandler("/ipfs/ping/1.0.0", func(s network.Stream) { <-hold; s.Reset() })
-	lbtest.WaitServed(t, d, f.Host.ID(), false, proto)
+	return d
+}
+
+// waitProbedOut waits until the probe disconnected the silent backend: its
+// protocol leaves d's view and its route stays, suspended.
+func waitProbedOut(t *testing.T, f *lbtest.Fixture, d host.Host) {
+	t.Helper()
+	lbtest.WaitServed(t, d, f.Host.ID(), false, probedProto)
 	if routes := f.LB.Routes(); len(routes) != 1 || routes[0].Connected {
 		t.Fatalf("routes after the probe: %+v, want one, suspended", routes)
 	}
