@@ -292,10 +292,23 @@ func (s *session) step() (time.Duration, error) {
 	return max(ttl/2, 250*time.Millisecond), nil
 }
 
+// openRequest opens a routing-request stream. Connected, it opens on the
+// link connection with the most room, as forward streams do: go-libp2p's
+// host would pick the connection with the most streams, over QUIC possibly a
+// lane at its 256-stream cap, where the open waits for a slot and a renewal
+// can miss its TTL while the backend is busiest. Not connected, the host
+// dials.
+func (s *session) openRequest(ctx context.Context) (network.Stream, error) {
+	if len(s.b.h.Network().ConnsToPeer(s.ai.ID)) == 0 {
+		return s.b.h.NewStream(ctx, s.ai.ID, wire.RoutingRequestID)
+	}
+	return s.opener.Open(ctx, s.lanes.conns, wire.RoutingRequestID)
+}
+
 // exchange sends one request on a new routing-request stream and reads its
 // response; a refusal comes back as a *wire.StatusError.
 func (s *session) exchange(ctx context.Context, req *pb.RoutingRequest) (*pb.RoutingResponse, error) {
-	str, err := s.b.h.NewStream(ctx, s.ai.ID, wire.RoutingRequestID)
+	str, err := s.openRequest(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("opening routing-request stream: %w", err)
 	}

@@ -212,3 +212,39 @@ func TestLanesAfterBalancerRestart(t *testing.T) {
 	h.let()
 	wait()
 }
+
+// TestProbeOnFullLink: the probe does not take a busy backend for a silent
+// one. Its ping goes through the link's opener like a forwarded stream;
+// go-libp2p's host would open it on the connection with the most streams,
+// here the backend's only QUIC connection at its 256-stream cap, where the
+// open waits for a slot until the probe gives up and disconnects a healthy
+// backend (seen in `bench -serve -transport quic` at 20,000 streams).
+func TestProbeOnFullLink(t *testing.T) {
+	a := lbtest.NewIdentity(t)
+	const interval = 200 * time.Millisecond
+	f := lbtest.New(t, testnet.QUIC, []lbtest.Identity{a},
+		balancer.WithHandshakeTimeout(30*time.Second), balancer.WithProbeInterval(interval))
+	const proto protocol.ID = "/test/probe-full"
+	h := newHolder()
+	be, _ := f.NewBackend(a, map[protocol.ID]network.StreamHandler{proto: h.handle},
+		backend.WithLaneLimits(0, 0), backend.WithHandshakeTimeout(30*time.Second))
+	lbtest.WaitRegistered(t, be, proto)
+	connected := func() bool {
+		rs := f.LB.Routes()
+		return len(rs) == 1 && rs[0].Connected
+	}
+	wait := burst(t, f.Host, proto, h, 256, func() {
+		if !connected() {
+			t.Fatal("the backend was disconnected while its connection filled up")
+		}
+	})
+	// The connection is full; the route must stay through several probe
+	// rounds (each would have timed out on the full connection).
+	for end := time.Now().Add(8 * interval); time.Now().Before(end); time.Sleep(interval / 10) {
+		if !connected() {
+			t.Fatal("the probe disconnected a backend whose only connection is full")
+		}
+	}
+	h.let()
+	wait()
+}

@@ -115,6 +115,40 @@ func (c *Crowd) Connect(ctx context.Context, target peer.AddrInfo, workers int) 
 	})
 }
 
+// Reconnect connects again every host that is no longer connected to
+// target, workers at a time, for at most rounds rounds, and returns how many
+// connections it made again. Over QUIC a burst of new connections can lose
+// some right after their handshake: go-libp2p's QUIC listener holds at
+// most 16 handshaken connections waiting for its accept loop and closes
+// the rest ("queue full", application error 1), after the client's Connect
+// has returned. A real client dials again; so does the crowd.
+func (c *Crowd) Reconnect(ctx context.Context, target peer.AddrInfo, workers, rounds int) (int, error) {
+	again := 0
+	for range rounds {
+		var lost []int
+		for i, h := range c.Hosts {
+			if h.Network().Connectedness(target.ID) != network.Connected {
+				lost = append(lost, i)
+			}
+		}
+		if len(lost) == 0 {
+			return again, nil
+		}
+		again += len(lost)
+		sub := &Crowd{Hosts: make([]host.Host, len(lost))}
+		for k, i := range lost {
+			sub.Hosts[k] = c.Hosts[i]
+		}
+		if err := sub.Connect(ctx, target, workers); err != nil {
+			return again, err
+		}
+	}
+	if n := c.Connected(target.ID); n < len(c.Hosts) {
+		return again, fmt.Errorf("crowd: %d of %d hosts still not connected after %d rounds", len(c.Hosts)-n, len(c.Hosts), rounds)
+	}
+	return again, nil
+}
+
 // Connected counts the hosts connected to p.
 func (c *Crowd) Connected(p peer.ID) int {
 	n := 0

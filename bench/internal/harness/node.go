@@ -123,6 +123,8 @@ type Request struct {
 	// Naive (op balancer) makes the balancer copy with io.Copy: the
 	// naive-in and naive-out setups (naive.go).
 	Naive bool `json:",omitempty"`
+	// Key (op serve-backend) is the backend's private key, marshalled.
+	Key []byte `json:",omitempty"`
 }
 
 // Response answers a Request.
@@ -189,6 +191,11 @@ func (n *node) dispatch(ctx context.Context, r Request) (Response, error) {
 		return Response{}, n.startRelay(r.Name)
 	case "backend":
 		return Response{}, n.startBackend(ctx, r.Name, r.target())
+	case "serve-backend":
+		if len(r.Protos) != 1 {
+			return Response{}, errors.New("serve-backend: one protocol")
+		}
+		return Response{}, n.startServeBackend(ctx, r.Name, r.Key, r.target(), protocol.ID(r.Protos[0]))
 	case "reserve":
 		h, err := n.host(r.Name)
 		if err != nil {

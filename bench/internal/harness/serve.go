@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -22,9 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/libp2p-balancer/libp2p-balancer/backend"
 	"github.com/libp2p-balancer/libp2p-balancer/internal/crowd"
-	lbnode "github.com/libp2p-balancer/libp2p-balancer/internal/node"
 )
 
 // ServeConfig is a run of the serve mode (go run ./bench -serve): the
@@ -56,12 +53,14 @@ type ServeReport struct {
 	Machine             string
 	Transport           string
 	Peers, Connected    int
+	Reconnected         int     // connections the peers made again (crowd.Reconnect)
 	Streams, Held       int     // asked for; counted in flight by the balancer
 	Echoed              int     // streams whose payload came back whole at the end
 	OpenSeconds         float64 // time to open and echo every stream
 	Base, Loaded        ProcSample
 	RSSPerStream        float64 // bytes
 	HeapPerStream       float64 // bytes
+	StackPerStream      float64 // bytes
 	GoroutinesPerStream float64
 	Refusals            map[string]float64 // libp2p_balancer_resource_refusals_total and streams_refused_total, by series
 	Limits              string             // the "limits in force" line the balancer logged at start
@@ -72,6 +71,7 @@ type ServeReport struct {
 type ProcSample struct {
 	RSS        float64 // bytes, VmRSS
 	HeapInuse  float64 // go_memstats_heap_inuse_bytes
+	StackInuse float64 // go_memstats_stack_inuse_bytes: goroutine stacks, in RSS but not in the heap
 	Goroutines float64 // go_goroutines
 	Inbound    float64 // libp2p_balancer_streams_active{direction="inbound"}
 	GCs        float64 // go_gc_duration_seconds_count
@@ -161,21 +161,16 @@ func RunServe(ctx context.Context, cfg ServeConfig) (*ServeReport, error) {
 		machine += ", load average " + strings.Join(strings.Fields(string(load))[:3], " ")
 	}
 	rep := &ServeReport{Started: time.Now().UTC(), Machine: machine, Transport: cfg.Transport, Peers: cfg.Peers, Streams: cfg.Streams}
-	beHost, err := lbnode.New(lbnode.Config{Key: beKey, LinkPeers: []peer.ID{lb.ID}})
+	keyBytes, err := crypto.MarshalPrivateKey(beKey)
 	if err != nil {
 		return nil, err
 	}
-	defer beHost.Close()
-	be, err := backend.New(beHost, []peer.AddrInfo{*lb}, backend.WithLogger(slog.New(slog.DiscardHandler)))
+	be, err := startChild("backend", nil)
 	if err != nil {
 		return nil, err
 	}
 	defer be.Close()
-	be.SetStreamHandler(ProtoHold, crowd.Echo)
-	if err := poll(ctx, 30*time.Second, func() bool {
-		st := be.Status()
-		return len(st) > 0 && len(st[0].Protocols) > 0
-	}); err != nil {
+	if _, err := be.Do(ctx, Request{Op: "serve-backend", Name: "backend", Key: keyBytes, Target: lb, Protos: []string{string(ProtoHold)}}); err != nil {
 		return nil, fmt.Errorf("backend not registered: %w", err)
 	}
 
@@ -186,6 +181,13 @@ func RunServe(ctx context.Context, cfg ServeConfig) (*ServeReport, error) {
 		return nil, err
 	}
 	if err := c.Connect(ctx, *lb, 64); err != nil {
+		return nil, err
+	}
+	// Connections closed right after their handshake (see
+	// crowd.Reconnect) show within a moment; a real client dials again.
+	time.Sleep(time.Second)
+	rep.Reconnected, err = c.Reconnect(ctx, *lb, 16, 5)
+	if err != nil {
 		return nil, err
 	}
 	rep.Connected = c.Connected(lb.ID)
@@ -213,6 +215,7 @@ func RunServe(ctx context.Context, cfg ServeConfig) (*ServeReport, error) {
 	n := float64(len(held))
 	rep.RSSPerStream = (rep.Loaded.RSS - rep.Base.RSS) / n
 	rep.HeapPerStream = (rep.Loaded.HeapInuse - rep.Base.HeapInuse) / n
+	rep.StackPerStream = (rep.Loaded.StackInuse - rep.Base.StackInuse) / n
 	rep.GoroutinesPerStream = (rep.Loaded.Goroutines - rep.Base.Goroutines) / n
 	rep.Refusals = refusals(admin)
 	rep.Limits = stderr.line()
@@ -258,6 +261,7 @@ func sampleProc(pid int, admin string) (ProcSample, error) {
 	return ProcSample{
 		RSS:        rss,
 		HeapInuse:  m["go_memstats_heap_inuse_bytes"],
+		StackInuse: m["go_memstats_stack_inuse_bytes"],
 		Goroutines: m["go_goroutines"],
 		Inbound:    m[`libp2p_balancer_streams_active{direction="inbound"}`],
 		GCs:        m["go_gc_duration_seconds_count"],
@@ -399,13 +403,18 @@ func (r *ServeReport) Markdown(w io.Writer, command string) {
 	}
 	fmt.Fprintf(w, "| RSS | %.1f MiB | %.1f MiB |\n", r.Base.RSS/(1<<20), r.Loaded.RSS/(1<<20))
 	fmt.Fprintf(w, "| heap in use | %.1f MiB%s | %.1f MiB%s |\n", r.Base.HeapInuse/(1<<20), gc(r.Base), r.Loaded.HeapInuse/(1<<20), gc(r.Loaded))
+	fmt.Fprintf(w, "| goroutine stacks | %.1f MiB | %.1f MiB |\n", r.Base.StackInuse/(1<<20), r.Loaded.StackInuse/(1<<20))
 	fmt.Fprintf(w, "| goroutines | %.0f | %.0f |\n", r.Base.Goroutines, r.Loaded.Goroutines)
 	fmt.Fprintf(w, "| inbound streams in flight | %.0f | %.0f |\n\n", r.Base.Inbound, r.Loaded.Inbound)
 	fmt.Fprintf(w, "| per forwarded stream | value | target |\n|---|---|---|\n")
 	fmt.Fprintf(w, "| RSS | %.1f KiB | ≤ 16 KiB |\n", r.RSSPerStream/1024)
 	fmt.Fprintf(w, "| heap in use | %.1f KiB | ≤ 16 KiB |\n", r.HeapPerStream/1024)
+	fmt.Fprintf(w, "| goroutine stacks (part of RSS, not of the heap) | %.1f KiB | |\n", r.StackPerStream/1024)
 	fmt.Fprintf(w, "| goroutines | %.2f | 2 |\n\n", r.GoroutinesPerStream)
 	fmt.Fprintf(w, "%d of %d peers connected; %d streams opened and echoed in %.1f s; %d echoed whole at the end.\n", r.Connected, r.Peers, r.Held, r.OpenSeconds, r.Echoed)
+	if r.Reconnected > 0 {
+		fmt.Fprintf(w, "%d connections were closed by the balancer's host right after their handshake and dialled again (go-libp2p's QUIC accept queue holds 16; see docs/performance.md).\n", r.Reconnected)
+	}
 	if len(r.Refusals) == 0 {
 		fmt.Fprintln(w, "No refusal counted.")
 	} else {
