@@ -13,6 +13,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	msmux "github.com/multiformats/go-multistream"
 
+	"github.com/libp2p-balancer/libp2p-balancer/internal/link"
 	"github.com/libp2p-balancer/libp2p-balancer/wire"
 	"github.com/libp2p-balancer/libp2p-balancer/wire/pb"
 )
@@ -134,9 +135,16 @@ func (b *Balancer) checkOutbound(from peer.ID, req *pb.Forward) (peer.ID, []prot
 }
 
 // openTarget connects to target and negotiates the first of protos it
-// accepts. Negotiation is eager (one round trip per refused protocol) so that
-// the protocol reported to the backend is the one the target confirmed, not
-// a guess from a possibly stale peerstore.
+// accepts.
+//
+// When identify has told the balancer's host that the target speaks one of
+// protos, negotiation is lazy, as go-libp2p's host does it: the first such
+// protocol is reported at once and its proposal goes out with the backend's
+// first bytes, which saves a round trip to the target on every stream (issue
+// 13). A target whose identify was stale and that refuses it resets the
+// stream at the first read. Otherwise negotiation is eager (one round trip
+// per refused protocol), so that a target accepting none of them is a clean
+// PROTOCOL_NOT_SUPPORTED.
 //
 // The addresses the request names go through the dial policy first, and
 // a dial counts against the backend's dial rate (see dialpolicy.go).
@@ -158,15 +166,22 @@ func (b *Balancer) openTarget(from, target peer.ID, addrs []ma.Multiaddr, protos
 	if err != nil {
 		return nil, wire.Errorf(pb.Status_DIAL_FAILED, "opening a stream to %s: %v", target, err)
 	}
-	deadline, _ := ctx.Deadline()
-	_ = ts.SetDeadline(deadline)
-	selected, err := msmux.SelectOneOf(protos, ts)
-	if err != nil {
-		ts.Reset()
-		if errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}) {
-			return nil, wire.Errorf(pb.Status_PROTOCOL_NOT_SUPPORTED, "%s accepts none of %v", target, protos)
+	var selected protocol.ID
+	known, _ := b.h.Peerstore().SupportsProtocols(target, protos...)
+	if len(known) > 0 {
+		selected = known[0]
+	} else {
+		deadline, _ := ctx.Deadline()
+		_ = ts.SetDeadline(deadline)
+		selected, err = msmux.SelectOneOf(protos, ts)
+		_ = ts.SetDeadline(time.Time{})
+		if err != nil {
+			ts.Reset()
+			if errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}) {
+				return nil, wire.Errorf(pb.Status_PROTOCOL_NOT_SUPPORTED, "%s accepts none of %v", target, protos)
+			}
+			return nil, wire.Errorf(pb.Status_DIAL_FAILED, "negotiating with %s: %v", target, err)
 		}
-		return nil, wire.Errorf(pb.Status_DIAL_FAILED, "negotiating with %s: %v", target, err)
 	}
 	if err := ts.SetProtocol(selected); err != nil {
 		ts.Reset()
@@ -176,7 +191,9 @@ func (b *Balancer) openTarget(from, target peer.ID, addrs []ma.Multiaddr, protos
 		ts.Reset()
 		return nil, wire.Errorf(pb.Status_RESOURCE_LIMIT_EXCEEDED, "resource manager: %v", err)
 	}
-	_ = ts.SetDeadline(time.Time{})
+	if len(known) > 0 {
+		return link.Lazy(ts, selected), nil
+	}
 	return ts, nil
 }
 

@@ -3,6 +3,8 @@ package balancer_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -97,5 +99,54 @@ func TestSeedScenario(t *testing.T) {
 		if !errors.Is(err, &wire.StatusError{Status: pb.Status_PROTOCOL_NOT_SUPPORTED}) {
 			t.Fatalf("outbound to an unsupported protocol: err = %v, want PROTOCOL_NOT_SUPPORTED", err)
 		}
+	})
+}
+
+// TestOutboundLazyNegotiation: when identify has told the balancer that the
+// target speaks a requested protocol, the balancer answers the backend at
+// once and sends the proposal with the first bytes; the bytes arrive whole.
+// If the balancer's view was stale and the target refuses the protocol, the
+// stream fails at the first read instead of carrying bytes to nobody, and
+// the next stream to the same target works.
+func TestOutboundLazyNegotiation(t *testing.T) {
+	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
+		b := lbtest.NewIdentity(t)
+		f := lbtest.New(t, tr, []lbtest.Identity{b}, loopbackTargets)
+		beB, bHost := f.NewBackend(b, nil)
+		e := testnet.NewHost(t, tr, testnet.Options{})
+		e.SetStreamHandler(protoB2, testnet.Echo)
+		bHost.Peerstore().AddAddrs(e.ID(), e.Addrs(), time.Hour)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := beB.NewStream(ctx, e.ID(), protoB1, protoB2)
+		if err != nil || s.Protocol() != protoB2 {
+			t.Fatalf("B opens a stream to E: %v, protocol %q; want %s", err, s.Protocol(), protoB2)
+		}
+		testnet.CheckRoundTrip(t, s, testnet.RandomBytes(64<<10))
+
+		// Now the balancer believes E serves B1 too (as if E had
+		// dropped it without an identify push).
+		f.Host.Peerstore().AddProtocols(e.ID(), protoB1)
+		s, err = beB.NewStream(ctx, e.ID(), protoB1)
+		if err != nil {
+			t.Fatalf("B opens B1, which the balancer believes E serves: %v", err)
+		}
+		if s.Protocol() != protoB1 {
+			t.Fatalf("reported protocol %q, want %s", s.Protocol(), protoB1)
+		}
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := s.Write([]byte("to nobody")); err == nil {
+			_ = s.CloseWrite()
+		}
+		_, err = io.ReadAll(s)
+		var ne net.Error
+		if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+			t.Fatalf("reading a stream on a protocol E refuses: %v; want a reset, at once", err)
+		}
+		s, err = beB.NewStream(ctx, e.ID(), protoB2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testnet.CheckRoundTrip(t, s, testnet.RandomBytes(1<<10))
 	})
 }

@@ -194,7 +194,16 @@ func newStream(ctx context.Context, c network.Conn, proto protocol.ID) (network.
 		s.ResetWithError(network.StreamResourceLimitExceeded)
 		return nil, fmt.Errorf("resource manager refused %s: %w", proto, err)
 	}
-	return &lazyStream{Stream: s, rw: msmux.NewMSSelect(s, proto)}, nil
+	return Lazy(s, proto), nil
+}
+
+// Lazy wraps s, a new outbound stream whose protocol is already set to
+// proto, so that its multistream-select proposal goes out with the first
+// write (or close) and the answer is read with the first read, as go-libp2p's
+// host negotiates a protocol that identify says the peer supports. A peer
+// that refuses proto shows up as an error on that first read.
+func Lazy(s network.Stream, proto protocol.ID) network.Stream {
+	return &lazyStream{Stream: s, rw: msmux.NewMSSelect(s, proto)}
 }
 
 // lazyStream carries reads and writes through the lazy multistream client,
