@@ -36,6 +36,7 @@ func runServe(args []string) int {
 	streams := fs.Int("streams", d.Streams, "idle streams held at once, spread evenly over the peers")
 	jsonOut := fs.String("json", "", "write the report as JSON to this file")
 	mdOut := fs.String("md", "", "also write the Markdown to this file")
+	hold := fs.Duration("hold", 0, "keep the streams held, idle, this long before echoing them whole (issue 12: 3m)")
 	timeout := fs.Duration("timeout", d.Timeout, "give up after this long")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
@@ -45,7 +46,7 @@ func runServe(args []string) int {
 		fmt.Fprintf(os.Stderr, "bench: -transport %q: tcp or quic\n", *transport)
 		return 2
 	}
-	cfg := harness.ServeConfig{Transport: *transport, Peers: *peers, Streams: *streams, Timeout: *timeout}
+	cfg := harness.ServeConfig{Transport: *transport, Peers: *peers, Streams: *streams, Hold: *hold, Timeout: *timeout}
 	if !*quiet {
 		cfg.Log = os.Stderr
 	}

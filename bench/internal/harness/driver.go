@@ -23,12 +23,13 @@ const (
 	Bulk     = "bulk"
 	Parallel = "parallel"
 	RR       = "rr"
+	RRConc   = "rr32" // request/response, RRWorkers streams at a time
 	Idle     = "idle"
 	Reg      = "reg"
 )
 
 // AllWorkloads lists every workload.
-var AllWorkloads = []string{Bulk, Parallel, RR, Idle, Reg}
+var AllWorkloads = []string{Bulk, Parallel, RR, RRConc, Idle, Reg}
 
 // Config is one benchmark run.
 type Config struct {
@@ -42,6 +43,7 @@ type Config struct {
 	ParSize         int64 // per stream
 	RRCount         int   // sequential streams per run
 	RRSize          int   // bytes each way
+	RRWorkers       int   // rr32: streams open at once
 	IdleStreams     int
 	IdlePerConnQUIC int // streams per connection over QUIC (go-libp2p caps at 256)
 	IdleWorkers     int // concurrent opens
@@ -74,7 +76,7 @@ func DefaultConfig() Config {
 		Runs:       3,
 		BulkSize:   512 << 20,
 		ParStreams: 32, ParSize: 32 << 20,
-		RRCount: 2000, RRSize: 64,
+		RRCount: 2000, RRSize: 64, RRWorkers: 32,
 		IdleStreams: 10000, IdlePerConnQUIC: 250, IdleWorkers: 32,
 		RegRoutes: 250, RegStep: 50, RegLookups: 300,
 		PeerDelay: 20 * time.Millisecond, BackDelay: time.Millisecond,
@@ -286,6 +288,8 @@ func measure(ctx context.Context, cfg *Config, s *setup, wl string, run int) (ma
 		w = &Work{Kind: "parallel", Streams: cfg.ParStreams, Size: cfg.ParSize}
 	case RR:
 		w = &Work{Kind: "rr", Count: cfg.RRCount, Size: int64(cfg.RRSize)}
+	case RRConc:
+		w = &Work{Kind: "rr", Count: cfg.RRCount, Size: int64(cfg.RRSize), Workers: cfg.RRWorkers}
 	default:
 		return nil, fmt.Errorf("unknown workload %q", wl)
 	}
@@ -333,13 +337,13 @@ func measure(ctx context.Context, cfg *Config, s *setup, wl string, run int) (ma
 		if midProc != "" {
 			m[wl+"_mid_cpu_s_per_GB"] = cpuDelta(before, after, midProc) / gb
 		}
-	case RR:
-		m["rr_streams_per_s"] = float64(r.Count) / r.Seconds
-		m["rr_p50_ms"] = r.P50ms
-		m["rr_p99_ms"] = r.P99ms
-		m["rr_cpu_ms_per_stream"] = cpuDelta(before, after, "") * 1e3 / float64(r.Count)
+	case RR, RRConc:
+		m[wl+"_streams_per_s"] = float64(r.Count) / r.Seconds
+		m[wl+"_p50_ms"] = r.P50ms
+		m[wl+"_p99_ms"] = r.P99ms
+		m[wl+"_cpu_ms_per_stream"] = cpuDelta(before, after, "") * 1e3 / float64(r.Count)
 		if midProc != "" {
-			m["rr_mid_cpu_ms_per_stream"] = cpuDelta(before, after, midProc) * 1e3 / float64(r.Count)
+			m[wl+"_mid_cpu_ms_per_stream"] = cpuDelta(before, after, midProc) * 1e3 / float64(r.Count)
 		}
 	}
 	return m, nil

@@ -85,7 +85,7 @@ type Work struct {
 	Size    int64  // bytes per stream (bulk, parallel, rr)
 	Streams int    // parallel streams, or idle streams to open
 	Count   int    // rr streams
-	Workers int    // idle-open concurrency
+	Workers int    // idle-open concurrency; rr streams open at once (default 1)
 }
 
 // Result is what a workload half measured.

@@ -31,9 +31,10 @@ import (
 // crowd of plain go-libp2p client peers in this process, which hold idle
 // echo streams through it.
 type ServeConfig struct {
-	Transport string // "tcp" or "quic": how the peers and the backend reach the balancer
-	Peers     int    // client peers, each its own host
-	Streams   int    // idle streams held at once, spread evenly over the peers
+	Transport string        // "tcp" or "quic": how the peers and the backend reach the balancer
+	Peers     int           // client peers, each its own host
+	Streams   int           // idle streams held at once, spread evenly over the peers
+	Hold      time.Duration // how long the streams stay held, idle, before they are echoed and closed
 	Timeout   time.Duration
 	Log       io.Writer
 }
@@ -62,6 +63,8 @@ type ServeReport struct {
 	HeapPerStream       float64 // bytes
 	StackPerStream      float64 // bytes
 	GoroutinesPerStream float64
+	HeldFor             string             `json:",omitempty"` // -hold
+	AfterHold           *ProcSample        `json:",omitempty"` // the process at the end of the hold (no GC waited for)
 	Refusals            map[string]float64 // libp2p_balancer_resource_refusals_total and streams_refused_total, by series
 	Limits              string             // the "limits in force" line the balancer logged at start
 	Errors              []string           `json:",omitempty"`
@@ -219,6 +222,22 @@ func RunServe(ctx context.Context, cfg ServeConfig) (*ServeReport, error) {
 	rep.GoroutinesPerStream = (rep.Loaded.Goroutines - rep.Base.Goroutines) / n
 	rep.Refusals = refusals(admin)
 	rep.Limits = stderr.line()
+	if cfg.Hold > 0 {
+		cfg.logf("holding the %d streams for %v", len(held), cfg.Hold)
+		select {
+		case <-ctx.Done():
+			crowd.Reset(held)
+			return rep, ctx.Err()
+		case <-time.After(cfg.Hold):
+		}
+		rep.Held = len(held)
+		if s, err := sampleProc(cmd.Process.Pid, admin); err == nil {
+			rep.AfterHold = &s
+			rep.Held = int(s.Inbound)
+		}
+		rep.Refusals = refusals(admin)
+		rep.HeldFor = cfg.Hold.String()
+	}
 	ok, err := crowd.FinishAll(ctx, held, 256)
 	rep.Echoed = ok
 	if err != nil {
@@ -412,6 +431,9 @@ func (r *ServeReport) Markdown(w io.Writer, command string) {
 	fmt.Fprintf(w, "| goroutine stacks (part of RSS, not of the heap) | %.1f KiB | |\n", r.StackPerStream/1024)
 	fmt.Fprintf(w, "| goroutines | %.2f | 2 |\n\n", r.GoroutinesPerStream)
 	fmt.Fprintf(w, "%d of %d peers connected; %d streams opened and echoed in %.1f s; %d echoed whole at the end.\n", r.Connected, r.Peers, r.Held, r.OpenSeconds, r.Echoed)
+	if r.AfterHold != nil {
+		fmt.Fprintf(w, "Held idle for %s: %.0f streams still in flight at the balancer at the end, RSS %.1f MiB, then echoed (count above).\n", r.HeldFor, r.AfterHold.Inbound, r.AfterHold.RSS/(1<<20))
+	}
 	if r.Reconnected > 0 {
 		fmt.Fprintf(w, "%d connections were closed by the balancer's host right after their handshake and dialled again (go-libp2p's QUIC accept queue holds 16; see docs/performance.md).\n", r.Reconnected)
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -79,7 +80,7 @@ func (n *node) run(ctx context.Context, name, via string, target peer.AddrInfo, 
 		}
 		return &Result{Bytes: w.Size * int64(w.Streams), Seconds: time.Since(start).Seconds(), Count: w.Streams}, nil
 	case "rr":
-		return requestResponse(ctx, open, w.Count, int(w.Size))
+		return requestResponse(ctx, open, w.Count, int(w.Size), max(1, w.Workers))
 	case "idle-open":
 		return n.idleOpen(ctx, name, open, w.Streams, w.Workers)
 	case "idle-close":
@@ -124,41 +125,49 @@ func bulk(ctx context.Context, open opener, size int64) error {
 	return nil
 }
 
-// requestResponse opens count echo streams one after another, each carrying
-// size bytes there and back, and times each from open to EOF.
-func requestResponse(ctx context.Context, open opener, count, size int) (*Result, error) {
+// requestResponse opens count echo streams, workers at a time (each worker
+// one stream after another), each carrying size bytes there and back, and
+// times each from open to EOF.
+func requestResponse(ctx context.Context, open opener, count, size, workers int) (*Result, error) {
 	msg := make([]byte, size)
 	for i := range msg {
 		msg[i] = byte(i)
 	}
-	back := make([]byte, size+1)
-	lat := make([]time.Duration, 0, count)
+	var (
+		mu    sync.Mutex
+		lat   = make([]time.Duration, 0, count)
+		first error
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
 	start := time.Now()
-	for i := range count {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		t0 := time.Now()
-		s, err := open(ctx, ProtoEcho)
-		if err != nil {
-			return nil, fmt.Errorf("stream %d: open: %w", i, err)
-		}
-		if _, err := s.Write(msg); err != nil {
-			s.Reset()
-			return nil, fmt.Errorf("stream %d: write: %w", i, err)
-		}
-		if err := s.CloseWrite(); err != nil {
-			s.Reset()
-			return nil, fmt.Errorf("stream %d: close write: %w", i, err)
-		}
-		_ = s.SetReadDeadline(time.Now().Add(30 * time.Second))
-		got, err := io.ReadFull(s, back)
-		if err != io.ErrUnexpectedEOF || got != size {
-			s.Reset()
-			return nil, fmt.Errorf("stream %d: read %d of %d bytes: %v", i, got, size, err)
-		}
-		s.Close()
-		lat = append(lat, time.Since(t0))
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			back := make([]byte, size+1)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= count {
+					return
+				}
+				d, err := oneRequest(ctx, open, i, msg, back)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+					next.Store(int64(count)) // the other workers stop
+				}
+				lat = append(lat, d)
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return nil, first
 	}
 	total := time.Since(start)
 	slices.Sort(lat)
@@ -168,6 +177,35 @@ func requestResponse(ctx context.Context, open opener, count, size int) (*Result
 		P50ms:   ms(quantile(lat, 0.50)),
 		P99ms:   ms(quantile(lat, 0.99)),
 	}, nil
+}
+
+// oneRequest is stream i of requestResponse: open, write msg, half-close,
+// read the echo to EOF into back (one byte longer than msg).
+func oneRequest(ctx context.Context, open opener, i int, msg, back []byte) (time.Duration, error) {
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
+	t0 := time.Now()
+	s, err := open(ctx, ProtoEcho)
+	if err != nil {
+		return 0, fmt.Errorf("stream %d: open: %w", i, err)
+	}
+	if _, err := s.Write(msg); err != nil {
+		s.Reset()
+		return 0, fmt.Errorf("stream %d: write: %w", i, err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		s.Reset()
+		return 0, fmt.Errorf("stream %d: close write: %w", i, err)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadFull(s, back)
+	if err != io.ErrUnexpectedEOF || got != len(msg) {
+		s.Reset()
+		return 0, fmt.Errorf("stream %d: read %d of %d bytes: %v", i, got, len(msg), err)
+	}
+	s.Close()
+	return time.Since(t0), nil
 }
 
 func quantile(sorted []time.Duration, q float64) time.Duration {
