@@ -189,7 +189,7 @@ func runTransport(ctx context.Context, cfg *Config, pl *place, tr string, rep *R
 		}
 		setups = append(setups, s)
 	}
-	for _, wl := range []string{Bulk, Parallel, RR, Idle} {
+	for _, wl := range []string{Bulk, Parallel, RR, RRConc, Idle} {
 		if !slices.Contains(cfg.Workloads, wl) {
 			continue
 		}
