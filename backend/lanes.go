@@ -98,7 +98,15 @@ func (l *lanes) check() {
 	if !l.s.b.cfg.lanes {
 		return
 	}
-	inRoom, outRoom, uncapped, quic := room(l.conns())
+	conns := l.conns()
+	// It runs for every forwarded stream: first the cheap lower bound of
+	// the room (streams of both directions counted against each), and the
+	// exact count, which copies every connection's stream list, only when
+	// that bound is short.
+	if inRoom, outRoom, uncapped, quic := roomAtLeast(conns); uncapped || quic == nil || min(inRoom, outRoom) >= laneHeadroom {
+		return
+	}
+	inRoom, outRoom, uncapped, quic := room(conns)
 	if uncapped || quic == nil || min(inRoom, outRoom) >= laneHeadroom {
 		return
 	}
@@ -145,6 +153,26 @@ func room(conns []network.Conn) (in, out int, uncapped bool, quic network.Conn) 
 				out--
 			}
 		}
+	}
+	return in, out, uncapped, quic
+}
+
+// roomAtLeast is room counted without copying stream lists: every stream
+// on a connection (swarm keeps the count) is taken off both directions'
+// room, so the figures are lower bounds.
+func roomAtLeast(conns []network.Conn) (in, out int, uncapped bool, quic network.Conn) {
+	for _, c := range conns {
+		if c.IsClosed() {
+			continue
+		}
+		limit := link.StreamCap(c)
+		if limit == 0 {
+			uncapped = true
+			continue
+		}
+		quic = c
+		n := c.Stat().NumStreams
+		in, out = in+limit-n, out+limit-n
 	}
 	return in, out, uncapped, quic
 }
@@ -253,7 +281,7 @@ func (l *lanes) sweep() bool {
 		for _, c := range ln.h.Network().ConnsToPeer(l.s.ai.ID) {
 			if !c.IsClosed() {
 				open++
-				streams += len(c.GetStreams())
+				streams += c.Stat().NumStreams
 			}
 		}
 		switch {

@@ -61,13 +61,32 @@ func room(c network.Conn) int {
 	if limit == 0 {
 		return 1 << 30
 	}
-	open := 0
+	return limit - outbound(c)
+}
+
+// roomAtLeast is a lower bound of room(c) that costs no allocation: the
+// connection's count of streams in both directions (swarm keeps it) stands
+// in for the outbound ones. room copies the connection's stream list, so
+// calling it for every lane on every new stream made opening 20,000 streams
+// over 80 QUIC lanes quadratic (bench -serve -transport quic: 22.6 s, against
+// 3.5 s over TCP).
+func roomAtLeast(c network.Conn) int {
+	limit := StreamCap(c)
+	if limit == 0 {
+		return 1 << 30
+	}
+	return limit - c.Stat().NumStreams
+}
+
+// outbound counts the streams this side opened on c.
+func outbound(c network.Conn) int {
+	n := 0
 	for _, s := range c.GetStreams() {
 		if s.Stat().Direction == network.DirOutbound {
-			open++
+			n++
 		}
 	}
-	return limit - open
+	return n
 }
 
 // pick returns the usable connection with the most room for a new outbound
@@ -84,15 +103,27 @@ func pick(conns []network.Conn, pending map[network.Conn]int) network.Conn {
 		}
 		return nil
 	}
+	// First by the cheap lower bound of each connection's room; only when
+	// it shows no room anywhere (streams in the other direction may be
+	// taking up the count) by the exact count.
+	if best := pickBy(conns, pending, roomAtLeast); best != nil {
+		return best
+	}
+	return pickBy(conns, pending, room)
+}
+
+// pickBy is pick with the room of each capped connection counted by
+// roomOf. Uncapped connections come first, fewest streams first.
+func pickBy(conns []network.Conn, pending map[network.Conn]int, roomOf func(network.Conn) int) network.Conn {
 	var best network.Conn
 	bestRoom := 0
 	for _, c := range conns {
 		if c.IsClosed() || c.Stat().Limited {
 			continue
 		}
-		free := room(c) - pending[c]
+		free := roomOf(c) - pending[c]
 		if StreamCap(c) == 0 {
-			free -= len(c.GetStreams())
+			free -= c.Stat().NumStreams
 		}
 		if free > 0 && (best == nil || free > bestRoom) {
 			best, bestRoom = c, free

@@ -32,6 +32,10 @@ func pair(t *testing.T, tr testnet.Transport, n int) (host.Host, []network.Conn)
 			t.Fatalf("%d connections from a client, want 1", len(cs))
 		}
 		conns = append(conns, cs[0])
+		// Identify's streams come and go right after the connection is
+		// up; the tests count streams, so they start once those ended.
+		testnet.Eventually(t, 10*time.Second, func() bool { return cs[0].Stat().NumStreams == 0 },
+			"identify's streams to end (%d open)", cs[0].Stat().NumStreams)
 	}
 	return srv, conns
 }
@@ -72,7 +76,8 @@ func TestStreamCap(t *testing.T) {
 
 // TestOpenPicksMostRoom: the Opener puts each new stream on the connection
 // with the most room, so a connection that already carries streams is
-// passed over until the other has as many.
+// passed over until the other has as many. (Room is first counted with the
+// streams of both directions, see TestOpenCountsOwnStreamsWhenFull.)
 func TestOpenPicksMostRoom(t *testing.T) {
 	testnet.EachTransport(t, func(t *testing.T, tr testnet.Transport) {
 		_, conns := pair(t, tr, 2)
@@ -159,4 +164,57 @@ func TestOpenNegotiatesLazily(t *testing.T) {
 			t.Fatal("reading a stream on a protocol the peer does not speak succeeded")
 		}
 	})
+}
+
+// TestOpenCountsOwnStreamsWhenFull: a QUIC connection that carries 256
+// streams the *other* side opened still has room for 256 of this side's
+// (the cap is per direction). The Opener's cheap count, all streams on the
+// connection, says it is full; Open must then count exactly and use it
+// rather than wait for room.
+func TestOpenCountsOwnStreamsWhenFull(t *testing.T) {
+	const proto = "/test/held"
+	srv := testnet.NewHost(t, testnet.QUIC, testnet.Options{Unlimited: true})
+	srv.SetStreamHandler(wire.ForwardID, testnet.Echo)
+	cli := testnet.NewHost(t, testnet.QUIC, testnet.Options{Unlimited: true, NoListen: true})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	cli.SetStreamHandler(proto, func(s network.Stream) { <-release; s.Reset() })
+	testnet.Connect(t, cli, srv)
+	cs := cli.Network().ConnsToPeer(srv.ID())
+	if len(cs) != 1 {
+		t.Fatalf("%d connections, want 1", len(cs))
+	}
+	for range 256 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s, err := srv.NewStream(ctx, cli.ID(), proto)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Reset() })
+	}
+	testnet.Eventually(t, 10*time.Second, func() bool { return cs[0].Stat().NumStreams >= 256 },
+		"the client to see the server's 256 streams (%d)", cs[0].Stat().NumStreams)
+	o := link.Opener{FullWait: 2 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := o.Open(ctx, func() []network.Conn { return cs }, wire.ForwardID)
+	if err != nil {
+		t.Fatalf("open on a connection full of the other side's streams: %v", err)
+	}
+	defer s.Reset()
+	if _, err := s.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [1]byte
+	if _, err := io.ReadFull(s, b[:]); err != nil || b[0] != 'x' {
+		t.Fatalf("echo: %q, %v", b, err)
+	}
 }
