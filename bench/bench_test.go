@@ -29,7 +29,13 @@ func TestSmoke(t *testing.T) {
 	for _, tr := range cfg.Transports {
 		for _, s := range cfg.Setups {
 			m := rep.Median[tr][s]
-			for _, k := range []string{"bulk_MBps", "parallel_MBps", "rr_streams_per_s", "idle_goroutines_per_stream"} {
+			for _, k := range []string{"bulk_MBps", "parallel_MBps", "rr_streams_per_s", "rr32_streams_per_s", "idle_goroutines_per_stream", "rr_mid_cpu_ms_per_stream"} {
+				if !harness.IsServe(s) && k == "rr_mid_cpu_ms_per_stream" {
+					continue // in-process, only `balancer serve` has a process of its own
+				}
+				if harness.IsServe(s) && k == "idle_goroutines_per_stream" {
+					continue // the serve mode's job
+				}
 				if _, ok := m[k]; !ok {
 					t.Errorf("%s %s: no %s", tr, s, k)
 				}

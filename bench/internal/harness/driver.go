@@ -173,6 +173,9 @@ func runTransport(ctx context.Context, cfg *Config, pl *place, tr string, rep *R
 		// The hosts of all setups live in the agents; closing the agents
 		// at the end closes them, but free them now so the next transport
 		// starts clean.
+		for _, s := range setups {
+			s.close()
+		}
 		for _, a := range []Agent{pl.peer, pl.mid, pl.back} {
 			_, _ = a.Do(context.Background(), Request{Op: "close"})
 		}
@@ -199,6 +202,12 @@ func runTransport(ctx context.Context, cfg *Config, pl *place, tr string, rep *R
 			// users of the machine falls on all of them alike.
 			for _, s := range setups {
 				if failed[s.name] {
+					continue
+				}
+				if wl == Idle && IsServe(s.name) {
+					// Idle memory of `balancer serve` is the serve
+					// mode's job (-serve), with peers as real traffic
+					// has them.
 					continue
 				}
 				cfg.logf("%s: %s run %d/%d on %s", tr, wl, run+1, cfg.Runs, s.name)

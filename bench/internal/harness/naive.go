@@ -23,4 +23,4 @@ func isNaive(setup string) bool { return setup == NaiveIn || setup == NaiveOut }
 
 // outbound reports whether the setup's streams are opened by the backend
 // (B → LB → E) rather than by remote peers.
-func outbound(setup string) bool { return setup == LBOut || setup == NaiveOut }
+func outbound(setup string) bool { return setup == LBOut || setup == NaiveOut || setup == ServeOut }

@@ -96,7 +96,8 @@ var regMetrics = []metricInfo{
 	{"reg_identify_protocols", "protocols a remote peer sees (identify)", 1, "%.0f"},
 }
 
-var ratioPairs = [][2]string{{LBIn, Direct}, {LBOut, Direct}, {LBIn, Relay}, {LBOut, Relay}, {LBIn, NaiveIn}, {LBOut, NaiveOut}, {LBOut, LBIn}}
+var ratioPairs = [][2]string{{LBIn, Direct}, {LBOut, Direct}, {LBIn, Relay}, {LBOut, Relay}, {LBIn, NaiveIn}, {LBOut, NaiveOut}, {LBOut, LBIn},
+	{ServeIn, Relay}, {ServeOut, Relay}, {ServeIn, LBIn}, {ServeOut, LBOut}}
 
 func newReport(cfg *Config) *Report {
 	r := &Report{
@@ -254,7 +255,7 @@ func (r *Report) checkTargets(tr string) {
 	// Issue 13, target 1: new streams against circuit relay v2, one at a
 	// time and 32 at once. (The outbound p50 target, relay's plus one
 	// round trip, needs the round trip: see docs/performance.md.)
-	for _, s := range []string{LBIn, LBOut} {
+	for _, s := range []string{LBIn, LBOut, ServeIn, ServeOut} {
 		for _, wl := range []string{RR, RRConc} {
 			v, ok := r.ratio(tr, wl+"_streams_per_s", s, Relay)
 			add(s, wl+" streams/s ÷ relay", v, ok, 1.0, true)

@@ -18,8 +18,9 @@ const (
 	LBOut  = "lb-out" // B → LB → E, B a backend opening outbound streams
 )
 
-// AllSetups lists every setup in table order (NaiveIn and NaiveOut: naive.go).
-var AllSetups = []string{Direct, Relay, NaiveIn, NaiveOut, LBIn, LBOut}
+// AllSetups lists every setup in table order (NaiveIn and NaiveOut:
+// naive.go; ServeIn and ServeOut: servesetup.go).
+var AllSetups = []string{Direct, Relay, NaiveIn, NaiveOut, LBIn, LBOut, ServeIn, ServeOut}
 
 // place says which agent runs each role and on which address it listens.
 type place struct {
@@ -53,6 +54,18 @@ type setup struct {
 	// lb-in only, for the registration workload.
 	lb      peer.AddrInfo
 	backend string
+
+	// closers free what the setup owns outside the agents (a `balancer
+	// serve` process).
+	closers []func()
+}
+
+// close runs the setup's closers.
+func (s *setup) close() {
+	for _, c := range s.closers {
+		c()
+	}
+	s.closers = nil
 }
 
 // procs returns one agent per distinct process of the setup.
@@ -139,13 +152,17 @@ func (pl *place) build(ctx context.Context, name, tr string) (*setup, error) {
 		err = pl.buildRelay(ctx, s, prefix)
 	case LBIn, LBOut, NaiveIn, NaiveOut:
 		err = pl.buildBalancer(ctx, s, prefix)
+	case ServeIn, ServeOut:
+		err = pl.buildServe(ctx, s, prefix)
 	default:
 		return nil, fmt.Errorf("unknown setup %q", name)
 	}
 	if err != nil {
+		s.close()
 		return nil, err
 	}
 	if err := s.grow(ctx, 1); err != nil {
+		s.close()
 		return nil, err
 	}
 	return s, nil
@@ -255,8 +272,16 @@ func (pl *place) buildBalancer(ctx context.Context, s *setup, prefix string) err
 	s.mid, s.measure = pl.mid, pl.mid
 	s.agents = []Agent{pl.peer, pl.mid, pl.back}
 	s.lb, s.backend = lb, be
-	if !outbound(name) {
-		s.addPair = func(ctx context.Context, i int) (pair, error) {
+	s.addPair = pl.balancerPairs(prefix, tr, lb, be, outbound(name))
+	return nil
+}
+
+// balancerPairs returns the addPair of a balancer setup: peers D opening
+// streams to balancer lb (inbound), or targets E that backend be reaches
+// through it (outbound).
+func (pl *place) balancerPairs(prefix, tr string, lb peer.AddrInfo, be string, out bool) func(context.Context, int) (pair, error) {
+	if !out {
+		return func(ctx context.Context, i int) (pair, error) {
 			d := fmt.Sprintf("%sD%d", prefix, i)
 			if _, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: d, Transport: tr, Limits: LimitsInfinite}, pl.peerIP); err != nil {
 				return pair{}, err
@@ -266,20 +291,18 @@ func (pl *place) buildBalancer(ctx context.Context, s *setup, prefix string) err
 			}
 			return pair{agent: pl.peer, host: d, via: "host", target: peer.AddrInfo{ID: lb.ID}}, nil
 		}
-	} else {
-		s.addPair = func(ctx context.Context, i int) (pair, error) {
-			e := fmt.Sprintf("%sE%d", prefix, i)
-			info, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: e, Transport: tr, Limits: LimitsInfinite}, pl.peerIP)
-			if err != nil {
-				return pair{}, err
-			}
-			if err := pl.do(ctx, pl.peer, Request{Op: "serve", Name: e}); err != nil {
-				return pair{}, err
-			}
-			return pair{agent: pl.back, host: be, via: "backend", target: info}, nil
-		}
 	}
-	return nil
+	return func(ctx context.Context, i int) (pair, error) {
+		e := fmt.Sprintf("%sE%d", prefix, i)
+		info, err := pl.mkHost(ctx, pl.peer, HostSpec{Name: e, Transport: tr, Limits: LimitsInfinite}, pl.peerIP)
+		if err != nil {
+			return pair{}, err
+		}
+		if err := pl.do(ctx, pl.peer, Request{Op: "serve", Name: e}); err != nil {
+			return pair{}, err
+		}
+		return pair{agent: pl.back, host: be, via: "backend", target: info}, nil
+	}
 }
 
 // grow adds pairs until there are n, each warmed up by a few
