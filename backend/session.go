@@ -342,6 +342,11 @@ func (s *session) releaseAll() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.b.cfg.handshakeTimeout)
 	defer cancel()
+	// Never a new dial for a release: a balancer we are no longer connected
+	// to has suspended the routes anyway, and a dial still running when
+	// the host closes right after crashes go-libp2p v0.51.0's swarm
+	// (nil transport in nonProxyAddr, swarm_dial.go:476; seen in CI).
+	ctx = network.WithNoDial(ctx, "releasing routes")
 	s.mu.Lock()
 	granted := s.status.Protocols
 	s.mu.Unlock()
