@@ -103,10 +103,10 @@ func (l *lanes) check() {
 	// the room (streams of both directions counted against each), and the
 	// exact count, which copies every connection's stream list, only when
 	// that bound is short.
-	if inRoom, outRoom, uncapped, quic := roomAtLeast(conns); uncapped || quic == nil || min(inRoom, outRoom) >= laneHeadroom {
+	if inRoom, outRoom, uncapped, quic := room(conns, false); uncapped || quic == nil || min(inRoom, outRoom) >= laneHeadroom {
 		return
 	}
-	inRoom, outRoom, uncapped, quic := room(conns)
+	inRoom, outRoom, uncapped, quic := room(conns, true)
 	if uncapped || quic == nil || min(inRoom, outRoom) >= laneHeadroom {
 		return
 	}
@@ -133,8 +133,11 @@ func (l *lanes) check() {
 
 // room adds up the room left on the open connections among conns, in
 // streams per direction. uncapped says one of them has no cap (TCP), and
-// quic is one of the capped ones, nil when there is none.
-func room(conns []network.Conn) (in, out int, uncapped bool, quic network.Conn) {
+// quic is one of the capped ones, nil when there is none. Not exact, it
+// takes every stream on a connection (the swarm keeps the count) off both
+// directions' room, which copies nothing, so the figures are lower bounds;
+// exact, it copies each connection's stream list to count by direction.
+func room(conns []network.Conn, exact bool) (in, out int, uncapped bool, quic network.Conn) {
 	for _, c := range conns {
 		if c.IsClosed() {
 			continue
@@ -145,36 +148,27 @@ func room(conns []network.Conn) (in, out int, uncapped bool, quic network.Conn) 
 			continue
 		}
 		quic = c
-		in, out = in+limit, out+limit
-		for _, st := range c.GetStreams() {
-			if st.Stat().Direction == network.DirInbound {
-				in--
-			} else {
-				out--
-			}
-		}
+		usedIn, usedOut := streamsOn(c, exact)
+		in, out = in+limit-usedIn, out+limit-usedOut
 	}
 	return in, out, uncapped, quic
 }
 
-// roomAtLeast is room counted without copying stream lists: every stream
-// on a connection (swarm keeps the count) is taken off both directions'
-// room, so the figures are lower bounds.
-func roomAtLeast(conns []network.Conn) (in, out int, uncapped bool, quic network.Conn) {
-	for _, c := range conns {
-		if c.IsClosed() {
-			continue
-		}
-		limit := link.StreamCap(c)
-		if limit == 0 {
-			uncapped = true
-			continue
-		}
-		quic = c
+// streamsOn returns the streams open on c in each direction, or, not
+// exact, the count of all of them for both.
+func streamsOn(c network.Conn, exact bool) (in, out int) {
+	if !exact {
 		n := c.Stat().NumStreams
-		in, out = in+limit-n, out+limit-n
+		return n, n
 	}
-	return in, out, uncapped, quic
+	for _, st := range c.GetStreams() {
+		if st.Stat().Direction == network.DirInbound {
+			in++
+		} else {
+			out++
+		}
+	}
+	return in, out
 }
 
 // grow starts a lane host and connects it to the balancer at addr.
@@ -274,7 +268,7 @@ func (l *lanes) sweep() bool {
 	for _, ln := range l.hosts {
 		all = append(all, ln.h.Network().ConnsToPeer(l.s.ai.ID)...)
 	}
-	inRoom, outRoom, uncapped, _ := room(all)
+	inRoom, outRoom, uncapped, _ := room(all, true)
 	keep := l.hosts[:0]
 	for _, ln := range l.hosts {
 		open, streams := 0, 0
@@ -293,7 +287,7 @@ func (l *lanes) sweep() bool {
 		case ln.idleSince.IsZero():
 			ln.idleSince = now
 		case idle > 0 && now.Sub(ln.idleSince) >= idle:
-			in, out, _, _ := room(ln.h.Network().ConnsToPeer(l.s.ai.ID))
+			in, out, _, _ := room(ln.h.Network().ConnsToPeer(l.s.ai.ID), true)
 			if uncapped || min(inRoom-in, outRoom-out) >= laneHeadroom {
 				inRoom, outRoom = inRoom-in, outRoom-out
 				idled = append(idled, ln.h)
