@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -98,15 +96,9 @@ func RunServe(ctx context.Context, cfg ServeConfig) (*ServeReport, error) {
 		ctx, cancel = context.WithTimeout(ctx, cfg.Timeout)
 		defer cancel()
 	}
-	dir, err := os.MkdirTemp("", "bench-serve-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "balancer")
 	cfg.logf("building cmd/balancer")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/libp2p-balancer/libp2p-balancer/cmd/balancer").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build cmd/balancer: %v\n%s", err, out)
+	if _, err := serveBinary(); err != nil {
+		return nil, err
 	}
 	beKey, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
@@ -120,44 +112,18 @@ func RunServe(ctx context.Context, cfg ServeConfig) (*ServeReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	listen := "/ip4/127.0.0.1/tcp/0"
-	if cfg.Transport == "quic" {
-		listen = "/ip4/127.0.0.1/udp/0/quic-v1"
-	}
-	cmd := exec.Command(bin, "serve", "--listen", listen, "--admin", admin, "--identity", filepath.Join(dir, "lb.key"),
-		"--allow", beID.String()+"="+string(ProtoHold))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
 	stderr := &limitsLine{w: io.Discard}
 	if cfg.Log != nil {
 		stderr.w = &prefixWriter{prefix: "[balancer] ", w: cfg.Log}
 	}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
+	lbAgent, lbInfo, err := startServe(ctx, "balancer", cfg.Transport, stderr,
+		"--admin", admin, "--allow", beID.String()+"="+string(ProtoHold))
+	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}()
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() {
-		return nil, errors.New("balancer serve printed no address")
-	}
-	lb, err := peer.AddrInfoFromString(strings.TrimSpace(lines.Text()))
-	if err != nil {
-		return nil, fmt.Errorf("balancer serve printed %q: %w", lines.Text(), err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	defer lbAgent.Close()
+	lb := &lbInfo
+	cmd := lbAgent.cmd
 
 	machine := fmt.Sprintf("%s/%s, %d CPUs, GOMAXPROCS %d, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {

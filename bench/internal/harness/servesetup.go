@@ -56,9 +56,11 @@ type serveAgent struct {
 	done  chan struct{}
 }
 
-// startServe starts `balancer serve` for setup label on transport tr,
-// allowing backend be, and returns it with the balancer's address.
-func startServe(ctx context.Context, label, tr string, be peer.ID, extra ...string) (*serveAgent, peer.AddrInfo, error) {
+// startServe starts `balancer serve` on a loopback address of transport tr
+// with a fresh identity and the flags in args, its stderr going to
+// stderr, and returns it with the balancer's address. label names its
+// process in reports.
+func startServe(ctx context.Context, label, tr string, stderr io.Writer, args ...string) (*serveAgent, peer.AddrInfo, error) {
 	bin, err := serveBinary()
 	if err != nil {
 		return nil, peer.AddrInfo{}, err
@@ -71,15 +73,15 @@ func startServe(ctx context.Context, label, tr string, be peer.ID, extra ...stri
 	if tr == "quic" {
 		listen = "/ip4/127.0.0.1/udp/0/quic-v1"
 	}
-	args := append([]string{"serve", "--listen", listen, "--admin", "off", "--identity", filepath.Join(dir, "lb.key"),
-		"--allow", be.String() + "=" + strings.Join(protoStrings(), ",")}, extra...)
+	args = append([]string{"serve", "--listen", listen, "--identity", filepath.Join(dir, "lb.key")}, args...)
 	cmd := exec.Command(bin, args...)
-	cmd.Stderr = &prefixWriter{prefix: "[" + label + "] ", w: io.Discard}
+	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, peer.AddrInfo{}, err
+	if err == nil {
+		err = cmd.Start()
 	}
-	if err := cmd.Start(); err != nil {
+	if err != nil {
+		os.RemoveAll(dir)
 		return nil, peer.AddrInfo{}, err
 	}
 	a := &serveAgent{label: label, cmd: cmd, dir: dir, done: make(chan struct{})}
@@ -188,7 +190,8 @@ func (pl *place) buildServe(ctx context.Context, s *setup, prefix string) error 
 	if name == ServeOut {
 		extra = append(extra, "--dial-loopback")
 	}
-	lbAgent, lb, err := startServe(ctx, "serve-"+tr+"-"+name, tr, beID, extra...)
+	args := append([]string{"--admin", "off", "--allow", beID.String() + "=" + strings.Join(protoStrings(), ",")}, extra...)
+	lbAgent, lb, err := startServe(ctx, "serve-"+tr+"-"+name, tr, io.Discard, args...)
 	if err != nil {
 		return err
 	}
